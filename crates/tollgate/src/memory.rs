@@ -1,0 +1,626 @@
+//! [`MemoryStore`]: every key's state in this process.
+//!
+//! # Shape
+//!
+//! Keys live in a fixed number of shards, each a hash table behind a reader-writer
+//! lock; a key's hash picks its shard. A check takes its shard's lock for reading
+//! only, so checks of different keys never wait for each other and there is no
+//! global lock. The bucket family's state (one instant, `TAT`) sits inline in the
+//! table as an `AtomicU64` updated by compare-and-swap; the window algorithms' state
+//! sits behind a small per-key mutex. The write lock is taken only to add a key, to
+//! change a key's algorithm family, to forget a key, and to sweep.
+//!
+//! # Bounded memory
+//!
+//! - A denied request, a peek and a check that fails never add a key.
+//! - Keys whose state is fresh again are dropped as the store goes: when a shard has
+//!   grown to twice its size after its last sweep, the next insertion sweeps it
+//!   (amortised O(1) per new key). [`MemoryStore::sweep`] sweeps every shard now.
+//! - `max_keys` caps the total: each shard holds at most `max_keys / shards`
+//!   (rounded up). When a new key finds its shard full of live keys, the shard
+//!   evicts the eighth of its keys that are closest to fresh (earliest expiry
+//!   first), then admits the new key. An evicted key that comes back starts fresh, so
+//!   it may get up to one more quota than the policy allows: that is the price of a
+//!   cap, paid by the keys that had least left to lose. Checks never fail and never
+//!   block because of the cap; [`MemoryStats::evicted`] counts the evictions so an
+//!   operator can raise the cap.
+//!
+//! # Stacked checks
+//!
+//! [`MemoryStore::check_all`] read-locks the shards involved in ascending order,
+//! then the window keys' mutexes in address order (so two stacks cannot deadlock),
+//! decides every policy on what it holds, and only if all admit commits them: the
+//! window states under their mutexes, the bucket states by compare-and-swap. If a
+//! bucket changed under it, the compare-and-swaps already made are given back and
+//! the whole stack is decided again.
+
+use std::hash::BuildHasher;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hashbrown::HashTable;
+use parking_lot::{Mutex, MutexGuard, RwLock};
+use smallvec::{SmallVec, smallvec};
+
+use crate::clock::{Clock, SystemClock};
+use crate::decision::Decision;
+use crate::direct::{bucket_check, bucket_decide};
+use crate::error::CheckError;
+use crate::gcra;
+use crate::nanos::Nanos;
+use crate::policy::Policy;
+use crate::state::State;
+use crate::store::{Check, Store, Verdict, validate};
+
+/// Shards when none is asked for.
+const DEFAULT_SHARDS: usize = 64;
+/// Keys when no cap is asked for.
+const DEFAULT_MAX_KEYS: usize = 1_000_000;
+/// A shard is not swept before it holds this many keys.
+const MIN_SWEEP: usize = 64;
+
+/// One key's state.
+#[derive(Debug)]
+enum Slot {
+    /// The bucket family: `TAT` in nanoseconds; 0 is fresh.
+    Bucket(AtomicU64),
+    /// The window algorithms. Boxed so a bucket key costs 16 bytes of slot, not 80.
+    Window(Box<Mutex<State>>),
+}
+
+impl Slot {
+    fn fresh(policy: &Policy) -> Slot {
+        if policy.algorithm().is_bucket() {
+            Slot::Bucket(AtomicU64::new(0))
+        } else {
+            Slot::Window(Box::new(Mutex::new(State::fresh(policy.algorithm()))))
+        }
+    }
+
+    fn fits(&self, policy: &Policy) -> bool {
+        matches!(self, Slot::Bucket(_)) == policy.algorithm().is_bucket()
+    }
+
+    /// The instant the state is fresh again. Needs `&mut`, so only under a write lock.
+    fn expires(&mut self) -> Nanos {
+        match self {
+            Slot::Bucket(cell) => Nanos::new(*cell.get_mut()),
+            Slot::Window(state) => state.get_mut().expires(),
+        }
+    }
+}
+
+type Entry = (Box<str>, Slot);
+
+#[derive(Debug)]
+struct Table {
+    map: HashTable<Entry>,
+    /// Sweep when `map.len()` reaches this.
+    next_sweep: usize,
+}
+
+/// A shard on a cache line of its own.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard(RwLock<Table>);
+
+/// What a memory store holds and has dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Keys held now.
+    pub keys: usize,
+    /// The most keys it will hold.
+    pub max_keys: usize,
+    /// Keys dropped because their state was fresh again.
+    pub expired: u64,
+    /// Live keys dropped because a shard was full.
+    pub evicted: u64,
+}
+
+/// Builds a [`MemoryStore`] with a cap and shard count of your choosing.
+#[derive(Clone, Debug)]
+pub struct MemoryStoreBuilder {
+    max_keys: usize,
+    shards: usize,
+}
+
+impl Default for MemoryStoreBuilder {
+    fn default() -> Self {
+        MemoryStoreBuilder {
+            max_keys: DEFAULT_MAX_KEYS,
+            shards: DEFAULT_SHARDS,
+        }
+    }
+}
+
+impl MemoryStoreBuilder {
+    /// The most keys the store holds (default 1,000,000; at least 1).
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys.max(1);
+        self
+    }
+
+    /// The number of shards, rounded up to a power of two (default 64).
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = shards.clamp(1, 1 << 16).next_power_of_two();
+        self
+    }
+
+    /// A store on the system clock.
+    pub fn build(self) -> MemoryStore<SystemClock> {
+        self.build_with_clock(SystemClock::new())
+    }
+
+    /// A store reading time from `clock`.
+    pub fn build_with_clock<C: Clock>(self, clock: C) -> MemoryStore<C> {
+        let shards = self.shards.min(self.max_keys.next_power_of_two());
+        let per_shard = self.max_keys.div_ceil(shards);
+        MemoryStore {
+            clock,
+            shards: (0..shards)
+                .map(|_| {
+                    Shard(RwLock::new(Table {
+                        map: HashTable::new(),
+                        next_sweep: MIN_SWEEP.min(per_shard),
+                    }))
+                })
+                .collect(),
+            shard_shift: 64 - shards.trailing_zeros(),
+            per_shard,
+            max_keys: self.max_keys,
+            hasher: foldhash::fast::RandomState::default(),
+            expired: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Every key's state in this process: concurrent, sharded, bounded. See the module
+/// documentation for how it holds memory down.
+///
+/// Each check names its own policy, so one store serves keys with different quotas.
+#[derive(Debug)]
+pub struct MemoryStore<C = SystemClock> {
+    clock: C,
+    shards: Box<[Shard]>,
+    /// `64 - log2(shards)`; 64 when there is one shard.
+    shard_shift: u32,
+    per_shard: usize,
+    max_keys: usize,
+    /// foldhash, seeded at random per store: fast, and keys an attacker picks cannot
+    /// be aimed at one bucket without knowing the seed.
+    hasher: foldhash::fast::RandomState,
+    expired: AtomicU64,
+    evicted: AtomicU64,
+}
+
+impl MemoryStore<SystemClock> {
+    /// A store on the system clock, holding at most 1,000,000 keys.
+    pub fn new() -> Self {
+        MemoryStoreBuilder::default().build()
+    }
+
+    /// Choose the cap and the shard count.
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder::default()
+    }
+}
+
+impl Default for MemoryStore<SystemClock> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<C: Clock> MemoryStore<C> {
+    /// A store reading time from `clock`, holding at most 1,000,000 keys.
+    pub fn with_clock(clock: C) -> Self {
+        MemoryStoreBuilder::default().build_with_clock(clock)
+    }
+
+    /// The clock the store reads.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    /// Decides and consumes one unit of `key` under `policy`.
+    #[inline]
+    pub fn check_one(&self, key: &str, policy: &Policy) -> Decision {
+        self.single(key, policy, NonZeroU32::MIN, true)
+    }
+
+    /// Decides and consumes `cost` units of `key` under `policy`.
+    #[inline]
+    pub fn check_n(&self, key: &str, policy: &Policy, cost: NonZeroU32) -> Decision {
+        self.single(key, policy, cost, true)
+    }
+
+    /// What [`MemoryStore::check_n`] would answer, consuming nothing.
+    pub fn peek_n(&self, key: &str, policy: &Policy, cost: NonZeroU32) -> Decision {
+        self.single(key, policy, cost, false)
+    }
+
+    /// Decides a stack of checks, all or nothing, and consumes if all admit.
+    ///
+    /// Errors when the stack is empty, longer than [`crate::MAX_STACK`], or names
+    /// one key twice for two policies of the same family (they would share a state).
+    pub fn check_all(&self, checks: &[Check<'_>]) -> Result<Verdict, CheckError> {
+        self.stack(checks, true)
+    }
+
+    /// What [`MemoryStore::check_all`] would answer, consuming nothing.
+    pub fn peek_all(&self, checks: &[Check<'_>]) -> Result<Verdict, CheckError> {
+        self.stack(checks, false)
+    }
+
+    /// Forgets `key`: its next check starts fresh.
+    pub fn remove(&self, key: &str) {
+        let hash = self.hasher.hash_one(key);
+        let mut table = self.shard(hash).0.write();
+        if let Ok(entry) = table.map.find_entry(hash, |(k, _)| &**k == key) {
+            entry.remove();
+        }
+    }
+
+    /// Keys held now.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.0.read().map.len()).sum()
+    }
+
+    /// True when no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What the store holds and has dropped.
+    pub fn stats(&self) -> MemoryStats {
+        MemoryStats {
+            keys: self.len(),
+            max_keys: self.max_keys,
+            expired: self.expired.load(Ordering::Relaxed),
+            evicted: self.evicted.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Drops every key whose state is fresh again now; returns how many.
+    pub fn sweep(&self) -> usize {
+        let now = self.clock.now();
+        self.shards
+            .iter()
+            .map(|s| self.sweep_table(&mut s.0.write(), now))
+            .sum()
+    }
+
+    #[inline]
+    fn shard(&self, hash: u64) -> &Shard {
+        // Bits just below the top 7, which hashbrown keeps for its control bytes, and
+        // far from the low bits it uses to place the entry in the table.
+        let index = if self.shard_shift >= 64 {
+            0
+        } else {
+            ((hash << 7) >> self.shard_shift) as usize
+        };
+        &self.shards[index]
+    }
+
+    #[inline]
+    fn shard_index(&self, hash: u64) -> usize {
+        if self.shard_shift >= 64 {
+            0
+        } else {
+            ((hash << 7) >> self.shard_shift) as usize
+        }
+    }
+
+    #[inline]
+    fn single(&self, key: &str, policy: &Policy, cost: NonZeroU32, consume: bool) -> Decision {
+        let now = self.clock.now();
+        let hash = self.hasher.hash_one(key);
+        let shard = self.shard(hash);
+        {
+            let table = shard.0.read();
+            match table.map.find(hash, |(k, _)| &**k == key) {
+                Some((_, Slot::Bucket(cell))) if policy.algorithm().is_bucket() => {
+                    return bucket_check(policy, cell, now, cost, consume);
+                }
+                Some((_, Slot::Window(state))) if !policy.algorithm().is_bucket() => {
+                    return state.lock().check(policy, now, cost, consume);
+                }
+                _ => {
+                    // Absent, or of the other family: as if fresh.
+                    let decision = State::fresh(policy.algorithm()).check(policy, now, cost, false);
+                    if !consume || !decision.allowed {
+                        return decision;
+                    }
+                }
+            }
+        }
+        let mut table = shard.0.write();
+        let slot = self.slot_for_write(&mut table, hash, key, policy, now);
+        match slot {
+            Slot::Bucket(cell) => bucket_check(policy, cell, now, cost, true),
+            Slot::Window(state) => state.get_mut().check(policy, now, cost, true),
+        }
+    }
+
+    /// The slot of `key` under a write lock, added (or replaced, if of the other
+    /// family) as a fresh one, making room first if needed.
+    fn slot_for_write<'t>(
+        &self,
+        table: &'t mut Table,
+        hash: u64,
+        key: &str,
+        policy: &Policy,
+        now: Nanos,
+    ) -> &'t mut Slot {
+        let present = table.map.find(hash, |(k, _)| &**k == key).is_some();
+        if !present {
+            self.make_room(table, now);
+        }
+        let hasher = &self.hasher;
+        let entry = table
+            .map
+            .entry(hash, |(k, _)| &**k == key, |(k, _)| hasher.hash_one(&**k))
+            .or_insert_with(|| (Box::from(key), Slot::fresh(policy)));
+        let slot = &mut entry.into_mut().1;
+        if !slot.fits(policy) {
+            *slot = Slot::fresh(policy);
+        }
+        slot
+    }
+
+    /// Before adding a key: sweep when the shard has doubled since its last sweep, and
+    /// evict the eighth closest to fresh when it is full.
+    fn make_room(&self, table: &mut Table, now: Nanos) {
+        if table.map.len() < table.next_sweep {
+            return;
+        }
+        self.sweep_table(table, now);
+        if table.map.len() >= self.per_shard {
+            let mut expiries: Vec<Nanos> = table.map.iter_mut().map(|(_, s)| s.expires()).collect();
+            let nth = expiries.len() / 8;
+            let (_, &mut threshold, _) = expiries.select_nth_unstable(nth);
+            let before = table.map.len();
+            table.map.retain(|(_, s)| s.expires() > threshold);
+            // Ties at the threshold may evict more than an eighth; never evict less
+            // than one key.
+            if table.map.len() == before {
+                if let Some(first) = table.map.iter().next().map(|(k, _)| k.clone()) {
+                    let hasher = &self.hasher;
+                    let h = hasher.hash_one(&*first);
+                    if let Ok(e) = table.map.find_entry(h, |(k, _)| *k == first) {
+                        e.remove();
+                    }
+                }
+            }
+            self.evicted
+                .fetch_add((before - table.map.len()) as u64, Ordering::Relaxed);
+        }
+        table.next_sweep = (table.map.len() * 2).max(MIN_SWEEP).min(self.per_shard);
+    }
+
+    fn sweep_table(&self, table: &mut Table, now: Nanos) -> usize {
+        let before = table.map.len();
+        table.map.retain(|(_, s)| s.expires() > now);
+        let dropped = before - table.map.len();
+        self.expired.fetch_add(dropped as u64, Ordering::Relaxed);
+        dropped
+    }
+
+    fn stack(&self, checks: &[Check<'_>], consume: bool) -> Result<Verdict, CheckError> {
+        validate(checks)?;
+        if let [one] = checks {
+            let d = self.single(one.key, one.policy, one.cost, consume);
+            return Ok(Verdict::from_decisions(smallvec![d]));
+        }
+        for (i, a) in checks.iter().enumerate() {
+            for b in &checks[..i] {
+                if a.key == b.key
+                    && a.policy.algorithm().is_bucket() == b.policy.algorithm().is_bucket()
+                {
+                    return Err(CheckError::DuplicateKey(a.key.to_owned()));
+                }
+            }
+        }
+        let now = self.clock.now();
+        let hashes: SmallVec<[u64; 4]> =
+            checks.iter().map(|c| self.hasher.hash_one(c.key)).collect();
+        let mut order: SmallVec<[usize; 4]> = hashes.iter().map(|&h| self.shard_index(h)).collect();
+        order.sort_unstable();
+        order.dedup();
+
+        {
+            let guards: SmallVec<[_; 4]> = order
+                .iter()
+                .map(|&i| (i, self.shards[i].0.read()))
+                .collect();
+            let slots: SmallVec<[Option<&Slot>; 4]> = checks
+                .iter()
+                .zip(&hashes)
+                .map(|(c, &h)| {
+                    let table =
+                        &guards[guards.partition_point(|(i, _)| *i < self.shard_index(h))].1;
+                    table
+                        .map
+                        .find(h, |(k, _)| &**k == c.key)
+                        .map(|(_, s)| s)
+                        .filter(|s| s.fits(c.policy))
+                })
+                .collect();
+            if let Some(v) = decide_stack(checks, &slots, now, consume) {
+                return Ok(v);
+            }
+        }
+
+        // Some key must be added first: take the shards' write locks, in order.
+        let mut guards: SmallVec<[_; 4]> = order
+            .iter()
+            .map(|&i| (i, self.shards[i].0.write()))
+            .collect();
+        for (c, &h) in checks.iter().zip(&hashes) {
+            let pos = guards.partition_point(|(i, _)| *i < self.shard_index(h));
+            self.slot_for_write(&mut guards[pos].1, h, c.key, c.policy, now);
+        }
+        let slots: SmallVec<[Option<&Slot>; 4]> = checks
+            .iter()
+            .zip(&hashes)
+            .map(|(c, &h)| {
+                let table = &guards[guards.partition_point(|(i, _)| *i < self.shard_index(h))].1;
+                table.map.find(h, |(k, _)| &**k == c.key).map(|(_, s)| s)
+            })
+            .collect();
+        // Every slot exists and fits under the write locks, so `None` cannot come
+        // back; should it ever, say so rather than panic.
+        decide_stack(checks, &slots, now, consume).ok_or(CheckError::Internal)
+    }
+}
+
+/// Decides a stack over slots that stay put (their shards are locked). A `None` slot
+/// is a key that is absent or of the other family: it decides as fresh, and if the
+/// stack would be admitted and consumed, the answer is `None`: the caller must add the
+/// key under a write lock and decide again.
+fn decide_stack(
+    checks: &[Check<'_>],
+    slots: &[Option<&Slot>],
+    now: Nanos,
+    consume: bool,
+) -> Option<Verdict> {
+    // Lock the window states in address order.
+    let mut by_addr: SmallVec<[(usize, usize); 4]> = slots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s {
+            Some(Slot::Window(m)) => Some((&**m as *const Mutex<State> as usize, i)),
+            _ => None,
+        })
+        .collect();
+    by_addr.sort_unstable();
+    let mut windows: SmallVec<[Option<MutexGuard<'_, State>>; 4]> =
+        slots.iter().map(|_| None).collect();
+    for &(_, i) in &by_addr {
+        if let Some(Slot::Window(m)) = slots[i] {
+            windows[i] = Some(m.lock());
+        }
+    }
+
+    loop {
+        let mut snapshots: SmallVec<[(u64, Nanos); 4]> = smallvec![(0, Nanos::ZERO); checks.len()];
+        let mut decisions: SmallVec<[Decision; 4]> = SmallVec::with_capacity(checks.len());
+        for (i, c) in checks.iter().enumerate() {
+            let d = match (slots[i], windows[i].as_mut()) {
+                (Some(Slot::Bucket(cell)), _) => {
+                    let cur = cell.load(Ordering::Acquire);
+                    let mut tat = Nanos::new(cur);
+                    let d = bucket_decide(c.policy, &mut tat, now, c.cost);
+                    snapshots[i] = (cur, tat);
+                    d
+                }
+                (_, Some(state)) => state.check(c.policy, now, c.cost, false),
+                _ => State::fresh(c.policy.algorithm()).check(c.policy, now, c.cost, false),
+            };
+            decisions.push(d);
+        }
+
+        if !decisions.iter().all(|d| d.allowed) {
+            // Nothing is consumed: the policies that would have admitted report what
+            // they hold now.
+            for (i, d) in decisions.iter_mut().enumerate() {
+                if !d.allowed {
+                    continue;
+                }
+                let c = &checks[i];
+                let (remaining, reset_after) = match (slots[i], windows[i].as_ref()) {
+                    (Some(Slot::Bucket(_)), _) => {
+                        gcra::view(c.policy, Nanos::new(snapshots[i].0), now)
+                    }
+                    (_, Some(state)) => state.view(c.policy, now),
+                    _ => State::fresh(c.policy.algorithm()).view(c.policy, now),
+                };
+                d.remaining = remaining;
+                d.reset_after = reset_after;
+                d.delay = Nanos::ZERO;
+            }
+            return Some(Verdict::from_decisions(decisions));
+        }
+        if !consume {
+            return Some(Verdict::from_decisions(decisions));
+        }
+        if slots.iter().any(|s| s.is_none()) {
+            return None;
+        }
+
+        // Commit the buckets; on a lost race give back what was taken and decide again.
+        let mut committed: SmallVec<[usize; 4]> = SmallVec::new();
+        let mut lost = false;
+        for (i, slot) in slots.iter().enumerate() {
+            if let Some(Slot::Bucket(cell)) = slot {
+                let (cur, new) = snapshots[i];
+                if cur == new.as_u64() {
+                    continue;
+                }
+                if cell
+                    .compare_exchange(cur, new.as_u64(), Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    committed.push(i);
+                } else {
+                    lost = true;
+                    break;
+                }
+            }
+        }
+        if lost {
+            for &i in &committed {
+                if let Some(Slot::Bucket(cell)) = slots[i] {
+                    give_back(cell, snapshots[i], checks[i]);
+                }
+            }
+            continue;
+        }
+        for (i, c) in checks.iter().enumerate() {
+            if let Some(state) = windows[i].as_mut() {
+                let d = state.check(c.policy, now, c.cost, true);
+                debug_assert_eq!(d, decisions[i]);
+            }
+        }
+        return Some(Verdict::from_decisions(decisions));
+    }
+}
+
+/// Undoes a committed bucket update: back to the old value if nothing moved it since,
+/// else hands back the `c*T` it took.
+fn give_back(cell: &AtomicU64, (old, new): (u64, Nanos), check: Check<'_>) {
+    if cell
+        .compare_exchange(new.as_u64(), old, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+    {
+        return;
+    }
+    let taken = u64::from(check.cost.get()) * check.policy.emission_interval().as_u64();
+    let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+        Some(cur.saturating_sub(taken).max(old))
+    });
+}
+
+impl<C: Clock> Store for MemoryStore<C> {
+    type Error = CheckError;
+
+    fn check(
+        &self,
+        checks: &[Check<'_>],
+    ) -> impl std::future::Future<Output = Result<Verdict, CheckError>> + Send {
+        std::future::ready(self.check_all(checks))
+    }
+
+    fn peek(
+        &self,
+        checks: &[Check<'_>],
+    ) -> impl std::future::Future<Output = Result<Verdict, CheckError>> + Send {
+        std::future::ready(self.peek_all(checks))
+    }
+
+    fn reset(&self, key: &str) -> impl std::future::Future<Output = Result<(), CheckError>> + Send {
+        self.remove(key);
+        std::future::ready(Ok(()))
+    }
+}
