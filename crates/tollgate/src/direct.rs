@@ -107,7 +107,7 @@ impl<C: Clock> DirectLimiter<C> {
 
 /// The bucket family on an atomic cell: decide on a copy, publish by compare-and-swap,
 /// decide again if another thread got there first.
-#[inline]
+#[inline(always)]
 pub(crate) fn bucket_check(
     policy: &Policy,
     cell: &AtomicU64,
@@ -119,7 +119,9 @@ pub(crate) fn bucket_check(
     loop {
         let mut tat = Nanos::new(current);
         let decision = bucket_decide(policy, &mut tat, now, cost);
-        if !consume || !decision.allowed || tat.as_u64() == current {
+        // An admission always moves `TAT` forward (c*T >= 1), so there is something
+        // to publish.
+        if !consume || !decision.allowed {
             return decision;
         }
         match cell.compare_exchange_weak(current, tat.as_u64(), Ordering::AcqRel, Ordering::Acquire)
@@ -130,7 +132,7 @@ pub(crate) fn bucket_check(
     }
 }
 
-#[inline]
+#[inline(always)]
 pub(crate) fn bucket_decide(
     policy: &Policy,
     tat: &mut Nanos,

@@ -48,8 +48,9 @@ pub enum CheckError {
     /// More stacked policies than [`crate::MAX_STACK`].
     #[error("{0} stacked policies: at most {max} may be checked at once", max = crate::MAX_STACK)]
     TooMany(usize),
-    /// One key named twice in a stack by policies of the same family, which would
-    /// share one state.
+    /// One key named twice in a stack. A key holds one state: two policies of one
+    /// family would share it, and two of different families would each replace the
+    /// other's.
     #[error(
         "key {0:?} appears twice in one stacked check: give each policy its own key (for example \"<policy>:<client>\")"
     )]

@@ -57,7 +57,7 @@ struct Now {
 fn at(policy: &Policy, state: &FixedWindowState, now: Nanos) -> Now {
     let t = now.max(state.last);
     let w = policy.period().as_u64();
-    let k = t.as_u64() / w;
+    let k = policy.div_period(t.as_u64());
     let count = if state.window == k { state.count } else { 0 };
     let end = Nanos::new(k.saturating_add(1).saturating_mul(w)).saturating_sub(t);
     Now { t, k, count, end }

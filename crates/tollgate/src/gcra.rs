@@ -62,12 +62,12 @@ pub fn check(
 pub fn view(policy: &Policy, tat: Nanos, now: Nanos) -> (u64, Nanos) {
     let wait = tat.saturating_sub(now);
     let room = policy.tolerance().saturating_sub(wait);
-    (room.as_u64() / policy.emission_interval().as_u64(), wait)
+    (policy.div_emission(room.as_u64()), wait)
 }
 
 /// The bucket family's one computation. Returns the decision (with `delay` 0) and,
 /// for `leaky_bucket`, the wait `start - t` of an admitted request.
-#[inline]
+#[inline(always)]
 pub(crate) fn check_bucket(
     policy: &Policy,
     tat: &mut Nanos,
@@ -100,7 +100,7 @@ pub(crate) fn check_bucket(
         if consume {
             *tat = new_tat;
         }
-        let remaining = tau.saturating_sub(ahead).as_u64() / emission;
+        let remaining = policy.div_emission(tau.saturating_sub(ahead).as_u64());
         let decision = Decision {
             allowed: true,
             limit: policy.burst(),
@@ -112,7 +112,7 @@ pub(crate) fn check_bucket(
         };
         (decision, wait)
     } else {
-        let remaining = tau.saturating_sub(wait).as_u64() / emission;
+        let remaining = policy.div_emission(tau.saturating_sub(wait).as_u64());
         let retry = ahead.saturating_sub(tau);
         (
             denial(policy, remaining, wait, Some(retry), DenyReason::Limited),

@@ -30,6 +30,7 @@
 mod clock;
 mod decision;
 mod direct;
+mod divisor;
 mod error;
 mod memory;
 mod nanos;
@@ -53,3 +54,8 @@ pub use nanos::Nanos;
 pub use policy::{Algorithm, MAX_PERIOD, Policy, parse_duration};
 pub use state::State;
 pub use store::{Check, MAX_STACK, Store, Verdict, validate};
+
+/// The README's Rust examples, run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

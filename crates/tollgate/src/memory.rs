@@ -17,13 +17,14 @@
 //!   grown to twice its size after its last sweep, the next insertion sweeps it
 //!   (amortised O(1) per new key). [`MemoryStore::sweep`] sweeps every shard now.
 //! - `max_keys` caps the total: each shard holds at most `max_keys / shards`
-//!   (rounded up). When a new key finds its shard full of live keys, the shard
-//!   evicts the eighth of its keys that are closest to fresh (earliest expiry
-//!   first), then admits the new key. An evicted key that comes back starts fresh, so
-//!   it may get up to one more quota than the policy allows: that is the price of a
-//!   cap, paid by the keys that had least left to lose. Checks never fail and never
-//!   block because of the cap; [`MemoryStats::evicted`] counts the evictions so an
-//!   operator can raise the cap.
+//!   (rounded down; there are never more shards than `max_keys`). When a new key
+//!   finds its shard full of live keys, the shard evicts the eighth of its keys that
+//!   are closest to fresh (earliest expiry first; exactly `len / 8 + 1` keys), then
+//!   admits the new key. An evicted key that comes back starts fresh, so it may get up
+//!   to one more quota than the policy allows: that is the price of a cap, paid by the
+//!   keys that had least left to lose. Checks never fail and never block because of
+//!   the cap; [`MemoryStats::evicted`] counts the evictions so an operator can raise
+//!   the cap. A stacked check never evicts its own keys to make room for its others.
 //!
 //! # Stacked checks
 //!
@@ -153,8 +154,10 @@ impl MemoryStoreBuilder {
 
     /// A store reading time from `clock`.
     pub fn build_with_clock<C: Clock>(self, clock: C) -> MemoryStore<C> {
-        let shards = self.shards.min(self.max_keys.next_power_of_two());
-        let per_shard = self.max_keys.div_ceil(shards);
+        // No more shards than keys (the power of two at or below max_keys), and each
+        // shard's share rounded down: together they never hold more than max_keys.
+        let shards = self.shards.min(1 << self.max_keys.max(1).ilog2());
+        let per_shard = self.max_keys / shards;
         MemoryStore {
             clock,
             shards: (0..shards)
@@ -243,7 +246,7 @@ impl<C: Clock> MemoryStore<C> {
     /// Decides a stack of checks, all or nothing, and consumes if all admit.
     ///
     /// Errors when the stack is empty, longer than [`crate::MAX_STACK`], or names
-    /// one key twice for two policies of the same family (they would share a state).
+    /// one key twice (a key holds one state, whatever the policies).
     pub fn check_all(&self, checks: &[Check<'_>]) -> Result<Verdict, CheckError> {
         self.stack(checks, true)
     }
@@ -287,7 +290,7 @@ impl<C: Clock> MemoryStore<C> {
         let now = self.clock.now();
         self.shards
             .iter()
-            .map(|s| self.sweep_table(&mut s.0.write(), now))
+            .map(|s| self.sweep_table(&mut s.0.write(), now, |_| false))
             .sum()
     }
 
@@ -355,8 +358,20 @@ impl<C: Clock> MemoryStore<C> {
     ) -> &'t mut Slot {
         let present = table.map.find(hash, |(k, _)| &**k == key).is_some();
         if !present {
-            self.make_room(table, now);
+            self.make_room(table, now, 1, |_| false);
         }
+        self.insert(table, hash, key, policy)
+    }
+
+    /// The slot of `key`, added (or replaced, if of the other family) as a fresh one.
+    /// The caller has made room for it.
+    fn insert<'t>(
+        &self,
+        table: &'t mut Table,
+        hash: u64,
+        key: &str,
+        policy: &Policy,
+    ) -> &'t mut Slot {
         let hasher = &self.hasher;
         let entry = table
             .map
@@ -369,39 +384,63 @@ impl<C: Clock> MemoryStore<C> {
         slot
     }
 
-    /// Before adding a key: sweep when the shard has doubled since its last sweep, and
-    /// evict the eighth closest to fresh when it is full.
-    fn make_room(&self, table: &mut Table, now: Nanos) {
-        if table.map.len() < table.next_sweep {
+    /// Before adding `need` keys: sweep when the shard has doubled since its last
+    /// sweep, and evict the eighth closest to fresh (more if `need` takes more) when
+    /// it is full. Keys for which `keep` is true (the other keys of a stack being
+    /// added) are neither swept nor evicted: dropped, they would be added back fresh
+    /// and past the cap. A stack adding more keys to one shard than the shard's whole
+    /// share takes that shard past its share.
+    fn make_room(&self, table: &mut Table, now: Nanos, need: usize, keep: impl Fn(&str) -> bool) {
+        if table.map.len() + need <= table.next_sweep {
             return;
         }
-        self.sweep_table(table, now);
-        if table.map.len() >= self.per_shard {
-            let mut expiries: Vec<Nanos> = table.map.iter_mut().map(|(_, s)| s.expires()).collect();
-            let nth = expiries.len() / 8;
-            let (_, &mut threshold, _) = expiries.select_nth_unstable(nth);
-            let before = table.map.len();
-            table.map.retain(|(_, s)| s.expires() > threshold);
-            // Ties at the threshold may evict more than an eighth; never evict less
-            // than one key.
-            if table.map.len() == before {
-                if let Some(first) = table.map.iter().next().map(|(k, _)| k.clone()) {
-                    let hasher = &self.hasher;
-                    let h = hasher.hash_one(&*first);
-                    if let Ok(e) = table.map.find_entry(h, |(k, _)| *k == first) {
-                        e.remove();
-                    }
-                }
-            }
-            self.evicted
-                .fetch_add((before - table.map.len()) as u64, Ordering::Relaxed);
+        self.sweep_table(table, now, &keep);
+        let len = table.map.len();
+        if len + need > self.per_shard {
+            // An eighth, or what `need` takes.
+            self.evict(table, (len / 8 + 1).max(len + need - self.per_shard), &keep);
         }
         table.next_sweep = (table.map.len() * 2).max(MIN_SWEEP).min(self.per_shard);
     }
 
-    fn sweep_table(&self, table: &mut Table, now: Nanos) -> usize {
+    /// Evicts the `count` keys closest to fresh (or every key, if fewer), sparing
+    /// those for which `keep` is true.
+    fn evict(&self, table: &mut Table, count: usize, keep: impl Fn(&str) -> bool) {
+        let mut expiries: Vec<Nanos> = table
+            .map
+            .iter_mut()
+            .filter(|(k, _)| !keep(k))
+            .map(|(_, s)| s.expires())
+            .collect();
+        let Some(nth) = count.min(expiries.len()).checked_sub(1) else {
+            return;
+        };
+        let (below, &mut threshold, _) = expiries.select_nth_unstable(nth);
+        // Evict exactly nth + 1 keys: all those expiring before the threshold,
+        // and as many as are still needed of those expiring at it.
+        let mut at_threshold = nth + 1 - below.iter().filter(|&&e| e < threshold).count();
         let before = table.map.len();
-        table.map.retain(|(_, s)| s.expires() > now);
+        table.map.retain(|(k, s)| {
+            if keep(k) {
+                return true;
+            }
+            let e = s.expires();
+            if e < threshold {
+                false
+            } else if e == threshold && at_threshold > 0 {
+                at_threshold -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        self.evicted
+            .fetch_add((before - table.map.len()) as u64, Ordering::Relaxed);
+    }
+
+    fn sweep_table(&self, table: &mut Table, now: Nanos, keep: impl Fn(&str) -> bool) -> usize {
+        let before = table.map.len();
+        table.map.retain(|(k, s)| s.expires() > now || keep(k));
         let dropped = before - table.map.len();
         self.expired.fetch_add(dropped as u64, Ordering::Relaxed);
         dropped
@@ -415,9 +454,9 @@ impl<C: Clock> MemoryStore<C> {
         }
         for (i, a) in checks.iter().enumerate() {
             for b in &checks[..i] {
-                if a.key == b.key
-                    && a.policy.algorithm().is_bucket() == b.policy.algorithm().is_bucket()
-                {
+                // One key holds one state: in one family the policies would share
+                // it, across families each would replace the other's.
+                if a.key == b.key {
                     return Err(CheckError::DuplicateKey(a.key.to_owned()));
                 }
             }
@@ -452,14 +491,30 @@ impl<C: Clock> MemoryStore<C> {
             }
         }
 
-        // Some key must be added first: take the shards' write locks, in order.
+        // Some key must be added first: take the shards' write locks, in order. Make
+        // room for every missing key before adding any, sparing the stack's own keys:
+        // making room after adding one could sweep or evict it (a fresh slot is the
+        // closest to fresh), and a key dropped here would come back fresh.
         let mut guards: SmallVec<[_; 4]> = order
             .iter()
             .map(|&i| (i, self.shards[i].0.write()))
             .collect();
+        let mut need: SmallVec<[usize; 4]> = smallvec![0; guards.len()];
         for (c, &h) in checks.iter().zip(&hashes) {
             let pos = guards.partition_point(|(i, _)| *i < self.shard_index(h));
-            self.slot_for_write(&mut guards[pos].1, h, c.key, c.policy, now);
+            if guards[pos].1.map.find(h, |(k, _)| &**k == c.key).is_none() {
+                need[pos] += 1;
+            }
+        }
+        let in_stack = |key: &str| checks.iter().any(|c| c.key == key);
+        for (pos, &n) in need.iter().enumerate() {
+            if n > 0 {
+                self.make_room(&mut guards[pos].1, now, n, in_stack);
+            }
+        }
+        for (c, &h) in checks.iter().zip(&hashes) {
+            let pos = guards.partition_point(|(i, _)| *i < self.shard_index(h));
+            self.insert(&mut guards[pos].1, h, c.key, c.policy);
         }
         let slots: SmallVec<[Option<&Slot>; 4]> = checks
             .iter()

@@ -4,6 +4,7 @@ use std::fmt;
 use std::num::NonZeroU32;
 use std::str::FromStr;
 
+use crate::divisor::Divisor;
 use crate::error::PolicyError;
 use crate::nanos::Nanos;
 
@@ -101,6 +102,10 @@ pub struct Policy {
     emission: Nanos,
     /// `tau = B * T`.
     tolerance: Nanos,
+    /// `T`, prepared for division.
+    per_emission: Divisor,
+    /// `W`, prepared for division.
+    per_period: Divisor,
 }
 
 impl Policy {
@@ -158,6 +163,8 @@ impl Policy {
             emission,
             // Checked just above: tau <= 2^62.
             tolerance: Nanos::new(tau as u64),
+            per_emission: Divisor::new(emission.as_u64()),
+            per_period: Divisor::new(period.as_u64()),
         })
     }
 
@@ -189,6 +196,18 @@ impl Policy {
     /// `tau = B * T`: the bucket family's burst tolerance.
     pub const fn tolerance(&self) -> Nanos {
         self.tolerance
+    }
+
+    /// `floor(n / T)`, without a divide instruction.
+    #[inline]
+    pub(crate) const fn div_emission(&self, n: u64) -> u64 {
+        self.per_emission.div(n)
+    }
+
+    /// `floor(n / W)`, without a divide instruction.
+    #[inline]
+    pub(crate) const fn div_period(&self, n: u64) -> u64 {
+        self.per_period.div(n)
     }
 
     /// The most one request may cost: `B` for the bucket family, `L` for windows.

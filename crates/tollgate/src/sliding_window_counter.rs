@@ -61,7 +61,7 @@ struct Now {
 fn at(policy: &Policy, state: &SlidingWindowCounterState, now: Nanos) -> Now {
     let t = now.max(state.last).as_u64();
     let w = policy.period().as_u64();
-    let k = t / w;
+    let k = policy.div_period(t);
     let (prev, curr) = if state.window == k {
         (state.prev, state.curr)
     } else if state.window.checked_add(1) == Some(k) {
@@ -86,10 +86,14 @@ impl Now {
             + u128::from(self.curr) * u128::from(self.w)
     }
 
-    fn remaining(&self, limit: u64) -> u64 {
-        let cap = u128::from(limit) * u128::from(self.w);
-        // At most L, so it fits in u64.
-        (cap.saturating_sub(self.used()) / u128::from(self.w)) as u64
+    fn remaining(&self, policy: &Policy) -> u64 {
+        let cap = u128::from(policy.limit()) * u128::from(self.w);
+        let room = cap.saturating_sub(self.used());
+        match u64::try_from(room) {
+            Ok(room) => policy.div_period(room),
+            // At most L, so the quotient fits in u64.
+            Err(_) => (room / u128::from(self.w)) as u64,
+        }
     }
 
     /// `(k+n)W - t`, saturating.
@@ -161,7 +165,7 @@ pub fn check(
     let mut decision = Decision {
         allowed: false,
         limit: policy.limit(),
-        remaining: n.remaining(limit),
+        remaining: n.remaining(policy),
         reset_after: n.reset_after(),
         retry_after: None,
         delay: Nanos::ZERO,
@@ -183,7 +187,7 @@ pub fn check(
             };
         }
         decision.allowed = true;
-        decision.remaining = n.remaining(limit);
+        decision.remaining = n.remaining(policy);
         decision.reset_after = n.reset_after();
         decision.reason = None;
     } else {
@@ -196,5 +200,5 @@ pub fn check(
 /// `(remaining, reset_after)` at `now` with nothing consumed.
 pub fn view(policy: &Policy, state: &SlidingWindowCounterState, now: Nanos) -> (u64, Nanos) {
     let n = at(policy, state, now);
-    (n.remaining(u64::from(policy.limit())), n.reset_after())
+    (n.remaining(policy), n.reset_after())
 }

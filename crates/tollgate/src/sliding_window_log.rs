@@ -11,8 +11,10 @@
 //!
 //! Never more than `L` units in any half-open interval of length `W`. Memory is
 //! O(L) per key: entries admitted at the same instant share one slot, and entries
-//! that left the window are dropped whenever the log is touched (that changes no
-//! decision, so it is done on denials and peeks too).
+//! that left the window are dropped when an admission is recorded. Denials and peeks
+//! leave the log as it is: a later request may carry an earlier `t` (a skewed
+//! clock, or threads that read the clock in one order and reach the key in the
+//! other), and an entry dead at one `t` can be live at an earlier one.
 //!
 //! ```
 //! use std::num::NonZeroU32;
@@ -66,6 +68,13 @@ impl SlidingWindowLogState {
         self.entries.capacity() * std::mem::size_of::<(Nanos, u64)>()
     }
 
+    /// `(ts_i, c_i)` of the entries live at `t`, oldest first.
+    fn live(&self, t: Nanos, w: Nanos) -> impl Iterator<Item = &(Nanos, u64)> + '_ {
+        self.entries
+            .iter()
+            .skip_while(move |(ts, _)| ts.saturating_add(w) <= t)
+    }
+
     /// Drops the entries that are no longer live at `t`.
     fn prune(&mut self, t: Nanos, w: Nanos) {
         while let Some(&(ts, c)) = self.entries.front() {
@@ -92,8 +101,13 @@ pub fn check(
 ) -> Decision {
     let t = now.max(state.last);
     let w = policy.period();
-    state.prune(t, w);
-    let used = state.total;
+    let dead: u64 = state
+        .entries
+        .iter()
+        .take_while(|(ts, _)| ts.saturating_add(w) <= t)
+        .map(|&(_, c)| c)
+        .sum();
+    let used = state.total - dead;
     let limit = u64::from(policy.limit());
     let c = u64::from(cost.get());
     let mut decision = Decision {
@@ -110,6 +124,8 @@ pub fn check(
     }
     if used + c <= limit {
         if consume {
+            // `t` becomes the state's time: entries dead now stay dead.
+            state.prune(t, w);
             match state.entries.back_mut() {
                 Some((ts, n)) if *ts == t => *n += c,
                 _ => state.entries.push_back((t, c)),
@@ -126,7 +142,7 @@ pub fn check(
         let need = used + c - limit;
         let mut sum = 0;
         let mut retry = Nanos::ZERO;
-        for &(ts, n) in &state.entries {
+        for &(ts, n) in state.live(t, w) {
             sum += n;
             if sum >= need {
                 retry = ts.saturating_add(w).saturating_sub(t);
