@@ -1,0 +1,109 @@
+//! The command line: clap types for `tollgate` and its subcommands.
+//!
+//! Values that need a precise error message (`--algorithm`, `--limit`, `--period`,
+//! `--burst`) are taken as text here and checked by the subcommand itself, so the
+//! message names the flag and the value the way the rest of tollgate does
+//! (`error: --limit 0: ...`), rather than in clap's own words.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// `tollgate`: the rate limit server, the simulator and (later) the lab.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Rate limiting with one exact meaning per algorithm",
+    long_about = "Rate limiting with one exact meaning per algorithm.\n\n\
+        With no subcommand, tollgate runs `serve`.",
+    args_conflicts_with_subcommands = true,
+    after_help = "Exit status: 0 on success, 1 when reading or writing failed, 2 on bad flags or bad input."
+)]
+pub struct Cli {
+    /// What to do; `serve` when none is given.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// The flags of `serve`, so that `tollgate --port 9000` means `tollgate serve --port 9000`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+impl Cli {
+    /// The subcommand to run: the one given, or `serve` with the top-level flags.
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Serve(self.serve))
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP rate limit server (the default). It arrives in a later release.
+    Serve(ServeArgs),
+    /// Replay a CSV trace of requests through one policy on a manual clock.
+    #[command(long_about = SIMULATE_LONG_ABOUT)]
+    Simulate(SimulateArgs),
+}
+
+const SIMULATE_LONG_ABOUT: &str = "\
+Replay a CSV trace of requests through one policy on a manual clock.
+
+Deterministic: the clock starts at time_ms 0 and moves to each row's time, so the
+same trace and flags always give the same output.
+
+Input (--input FILE, or stdin when --input is absent or `-`): CSV with the header
+`time_ms,key,cost`, one request per row. time_ms is a whole number of milliseconds,
+never smaller than the row before; key is any string (empty too; quote it if it holds
+a comma); cost is a whole number >= 1.
+
+Output (stdout): CSV with the header
+`time_ms,key,cost,allowed,remaining,retry_after_ms,delay_ms`, one row per input row,
+in order. allowed is true or false; durations are milliseconds rounded up;
+retry_after_ms is empty when allowed or when the cost can never be admitted.
+
+Bad input stops the run with a message naming the line or the flag, exit status 2.
+
+Example:
+  printf 'time_ms,key,cost\\n0,alice,1\\n0,alice,1\\n0,alice,1\\n' \\
+    | tollgate simulate --algorithm gcra --limit 2 --period 1s";
+
+/// Flags of `tollgate serve`. Accepted now so scripts keep working when the server
+/// arrives; not used yet.
+#[derive(Clone, Debug, Default, Args)]
+pub struct ServeArgs {
+    /// Port to listen on (the server will default to 8000). Accepted, not used yet.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+
+    /// TOML configuration file. Accepted, not read yet.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// Flags of `tollgate simulate`.
+#[derive(Clone, Debug, Args)]
+pub struct SimulateArgs {
+    /// fixed_window, sliding_window_log, sliding_window_counter, token_bucket, gcra or
+    /// leaky_bucket.
+    #[arg(long, value_name = "ALGORITHM")]
+    pub algorithm: String,
+
+    /// Units admitted per period: a whole number >= 1.
+    #[arg(long, value_name = "L", allow_hyphen_values = true)]
+    pub limit: String,
+
+    /// The period: a whole number and a unit, e.g. 500ms, 15s, 1m, 1h.
+    #[arg(long, value_name = "PERIOD", allow_hyphen_values = true)]
+    pub period: String,
+
+    /// Bucket capacity for token_bucket, gcra and leaky_bucket (default: the limit).
+    /// The window algorithms ignore it.
+    #[arg(long, value_name = "B", allow_hyphen_values = true)]
+    pub burst: Option<String>,
+
+    /// The trace to replay; `-` or absent reads stdin.
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+}
