@@ -15,7 +15,12 @@
 //! - A denied request, a peek and a check that fails never add a key.
 //! - Keys whose state is fresh again are dropped as the store goes: when a shard has
 //!   grown to twice its size after its last sweep, the next insertion sweeps it
-//!   (amortised O(1) per new key). [`MemoryStore::sweep`] sweeps every shard now.
+//!   (amortised O(1) per new key). That sweep gives a second chance: it drops the
+//!   keys that were fresh already at the shard's previous sweep and were not used
+//!   since, so a key that went fresh a moment ago and comes back is not dropped and
+//!   added again over and over (without it, light traffic over many keys, where a
+//!   key is fresh again before its next request, would add nearly every key anew).
+//!   [`MemoryStore::sweep`] drops every key that is fresh now.
 //! - `max_keys` caps the total: each shard holds at most `max_keys / shards`
 //!   (rounded down; there are never more shards than `max_keys`). When a new key
 //!   finds its shard full of live keys, the shard evicts the eighth of its keys that
@@ -91,13 +96,63 @@ impl Slot {
     }
 }
 
-type Entry = (Box<str>, Slot);
+/// A key's bytes: inline when short enough to share the entry's cache line with the
+/// state (IP addresses, user ids, API keys of up to [`INLINE_KEY`] bytes), on the
+/// heap otherwise. Inline keys save a cache miss per check on large key sets.
+#[derive(Debug)]
+enum Key {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Box<[u8]>),
+}
+
+/// The longest key kept inline.
+const INLINE_KEY: usize = 46;
+
+impl Key {
+    fn new(key: &[u8]) -> Key {
+        if key.len() <= INLINE_KEY {
+            let mut bytes = [0; INLINE_KEY];
+            bytes[..key.len()].copy_from_slice(key);
+            Key::Inline {
+                // At most INLINE_KEY (46), so it fits in u8.
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            Key::Heap(Box::from(key))
+        }
+    }
+
+    #[inline]
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Key::Heap(b) => b,
+        }
+    }
+}
+
+/// One key and its state, on one cache line of its own when the key is inline.
+#[derive(Debug)]
+#[repr(align(64))]
+struct Entry(Key, Slot);
+
+const _: () = assert!(std::mem::size_of::<Entry>() == 64);
+
+/// A predicate matching the entry of `key`.
+#[inline]
+fn is(key: &[u8]) -> impl Fn(&Entry) -> bool + '_ {
+    move |Entry(k, _)| k.as_bytes() == key
+}
 
 #[derive(Debug)]
 struct Table {
     map: HashTable<Entry>,
     /// Sweep when `map.len()` reaches this.
     next_sweep: usize,
+    /// When this shard was last swept. The next sweep as the store goes drops only
+    /// keys that were already fresh then (see `make_room`).
+    last_sweep: Nanos,
 }
 
 /// A shard on a cache line of its own.
@@ -165,6 +220,7 @@ impl MemoryStoreBuilder {
                     Shard(RwLock::new(Table {
                         map: HashTable::new(),
                         next_sweep: MIN_SWEEP.min(per_shard),
+                        last_sweep: Nanos::ZERO,
                     }))
                 })
                 .collect(),
@@ -258,9 +314,9 @@ impl<C: Clock> MemoryStore<C> {
 
     /// Forgets `key`: its next check starts fresh.
     pub fn remove(&self, key: &str) {
-        let hash = self.hasher.hash_one(key);
+        let hash = self.hasher.hash_one(key.as_bytes());
         let mut table = self.shard(hash).0.write();
-        if let Ok(entry) = table.map.find_entry(hash, |(k, _)| &**k == key) {
+        if let Ok(entry) = table.map.find_entry(hash, is(key.as_bytes())) {
             entry.remove();
         }
     }
@@ -290,7 +346,11 @@ impl<C: Clock> MemoryStore<C> {
         let now = self.clock.now();
         self.shards
             .iter()
-            .map(|s| self.sweep_table(&mut s.0.write(), now, |_| false))
+            .map(|s| {
+                let mut table = s.0.write();
+                table.last_sweep = now;
+                self.sweep_table(&mut table, now, |_| false)
+            })
             .sum()
     }
 
@@ -318,15 +378,15 @@ impl<C: Clock> MemoryStore<C> {
     #[inline]
     fn single(&self, key: &str, policy: &Policy, cost: NonZeroU32, consume: bool) -> Decision {
         let now = self.clock.now();
-        let hash = self.hasher.hash_one(key);
+        let hash = self.hasher.hash_one(key.as_bytes());
         let shard = self.shard(hash);
         {
             let table = shard.0.read();
-            match table.map.find(hash, |(k, _)| &**k == key) {
-                Some((_, Slot::Bucket(cell))) if policy.algorithm().is_bucket() => {
+            match table.map.find(hash, is(key.as_bytes())) {
+                Some(Entry(_, Slot::Bucket(cell))) if policy.algorithm().is_bucket() => {
                     return bucket_check(policy, cell, now, cost, consume);
                 }
-                Some((_, Slot::Window(state))) if !policy.algorithm().is_bucket() => {
+                Some(Entry(_, Slot::Window(state))) if !policy.algorithm().is_bucket() => {
                     return state.lock().check(policy, now, cost, consume);
                 }
                 _ => {
@@ -356,7 +416,7 @@ impl<C: Clock> MemoryStore<C> {
         policy: &Policy,
         now: Nanos,
     ) -> &'t mut Slot {
-        let present = table.map.find(hash, |(k, _)| &**k == key).is_some();
+        let present = table.map.find(hash, is(key.as_bytes())).is_some();
         if !present {
             self.make_room(table, now, 1, |_| false);
         }
@@ -375,8 +435,10 @@ impl<C: Clock> MemoryStore<C> {
         let hasher = &self.hasher;
         let entry = table
             .map
-            .entry(hash, |(k, _)| &**k == key, |(k, _)| hasher.hash_one(&**k))
-            .or_insert_with(|| (Box::from(key), Slot::fresh(policy)));
+            .entry(hash, is(key.as_bytes()), |Entry(k, _)| {
+                hasher.hash_one(k.as_bytes())
+            })
+            .or_insert_with(|| Entry(Key::new(key.as_bytes()), Slot::fresh(policy)));
         let slot = &mut entry.into_mut().1;
         if !slot.fits(policy) {
             *slot = Slot::fresh(policy);
@@ -390,11 +452,15 @@ impl<C: Clock> MemoryStore<C> {
     /// added) are neither swept nor evicted: dropped, they would be added back fresh
     /// and past the cap. A stack adding more keys to one shard than the shard's whole
     /// share takes that shard past its share.
-    fn make_room(&self, table: &mut Table, now: Nanos, need: usize, keep: impl Fn(&str) -> bool) {
+    fn make_room(&self, table: &mut Table, now: Nanos, need: usize, keep: impl Fn(&[u8]) -> bool) {
         if table.map.len() + need <= table.next_sweep {
             return;
         }
-        self.sweep_table(table, now, &keep);
+        // Second chance: drop the keys that were fresh already at the last sweep
+        // and have not been used since. A key that went fresh a moment ago is
+        // likely to come back, and dropping it would only make it be added again.
+        let cutoff = std::mem::replace(&mut table.last_sweep, now);
+        self.sweep_table(table, cutoff, &keep);
         let len = table.map.len();
         if len + need > self.per_shard {
             // An eighth, or what `need` takes.
@@ -405,12 +471,12 @@ impl<C: Clock> MemoryStore<C> {
 
     /// Evicts the `count` keys closest to fresh (or every key, if fewer), sparing
     /// those for which `keep` is true.
-    fn evict(&self, table: &mut Table, count: usize, keep: impl Fn(&str) -> bool) {
+    fn evict(&self, table: &mut Table, count: usize, keep: impl Fn(&[u8]) -> bool) {
         let mut expiries: Vec<Nanos> = table
             .map
             .iter_mut()
-            .filter(|(k, _)| !keep(k))
-            .map(|(_, s)| s.expires())
+            .filter(|Entry(k, _)| !keep(k.as_bytes()))
+            .map(|Entry(_, s)| s.expires())
             .collect();
         let Some(nth) = count.min(expiries.len()).checked_sub(1) else {
             return;
@@ -420,8 +486,8 @@ impl<C: Clock> MemoryStore<C> {
         // and as many as are still needed of those expiring at it.
         let mut at_threshold = nth + 1 - below.iter().filter(|&&e| e < threshold).count();
         let before = table.map.len();
-        table.map.retain(|(k, s)| {
-            if keep(k) {
+        table.map.retain(|Entry(k, s)| {
+            if keep(k.as_bytes()) {
                 return true;
             }
             let e = s.expires();
@@ -438,9 +504,11 @@ impl<C: Clock> MemoryStore<C> {
             .fetch_add((before - table.map.len()) as u64, Ordering::Relaxed);
     }
 
-    fn sweep_table(&self, table: &mut Table, now: Nanos, keep: impl Fn(&str) -> bool) -> usize {
+    fn sweep_table(&self, table: &mut Table, now: Nanos, keep: impl Fn(&[u8]) -> bool) -> usize {
         let before = table.map.len();
-        table.map.retain(|(k, s)| s.expires() > now || keep(k));
+        table
+            .map
+            .retain(|Entry(k, s)| s.expires() > now || keep(k.as_bytes()));
         let dropped = before - table.map.len();
         self.expired.fetch_add(dropped as u64, Ordering::Relaxed);
         dropped
@@ -462,8 +530,10 @@ impl<C: Clock> MemoryStore<C> {
             }
         }
         let now = self.clock.now();
-        let hashes: SmallVec<[u64; 4]> =
-            checks.iter().map(|c| self.hasher.hash_one(c.key)).collect();
+        let hashes: SmallVec<[u64; 4]> = checks
+            .iter()
+            .map(|c| self.hasher.hash_one(c.key.as_bytes()))
+            .collect();
         let mut order: SmallVec<[usize; 4]> = hashes.iter().map(|&h| self.shard_index(h)).collect();
         order.sort_unstable();
         order.dedup();
@@ -481,8 +551,8 @@ impl<C: Clock> MemoryStore<C> {
                         &guards[guards.partition_point(|(i, _)| *i < self.shard_index(h))].1;
                     table
                         .map
-                        .find(h, |(k, _)| &**k == c.key)
-                        .map(|(_, s)| s)
+                        .find(h, is(c.key.as_bytes()))
+                        .map(|Entry(_, s)| s)
                         .filter(|s| s.fits(c.policy))
                 })
                 .collect();
@@ -502,11 +572,11 @@ impl<C: Clock> MemoryStore<C> {
         let mut need: SmallVec<[usize; 4]> = smallvec![0; guards.len()];
         for (c, &h) in checks.iter().zip(&hashes) {
             let pos = guards.partition_point(|(i, _)| *i < self.shard_index(h));
-            if guards[pos].1.map.find(h, |(k, _)| &**k == c.key).is_none() {
+            if guards[pos].1.map.find(h, is(c.key.as_bytes())).is_none() {
                 need[pos] += 1;
             }
         }
-        let in_stack = |key: &str| checks.iter().any(|c| c.key == key);
+        let in_stack = |key: &[u8]| checks.iter().any(|c| c.key.as_bytes() == key);
         for (pos, &n) in need.iter().enumerate() {
             if n > 0 {
                 self.make_room(&mut guards[pos].1, now, n, in_stack);
@@ -521,7 +591,7 @@ impl<C: Clock> MemoryStore<C> {
             .zip(&hashes)
             .map(|(c, &h)| {
                 let table = &guards[guards.partition_point(|(i, _)| *i < self.shard_index(h))].1;
-                table.map.find(h, |(k, _)| &**k == c.key).map(|(_, s)| s)
+                table.map.find(h, is(c.key.as_bytes())).map(|Entry(_, s)| s)
             })
             .collect();
         // Every slot exists and fits under the write locks, so `None` cannot come

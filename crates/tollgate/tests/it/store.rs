@@ -238,9 +238,11 @@ fn keys_are_swept_as_new_keys_arrive() {
         }
         let stats = store.stats();
         // 64 shards, each swept whenever it has doubled since its last sweep (and
-        // reaches 64 keys): no shard outgrows 64 keys when a round adds ~8 to each.
+        // reaches 64 keys). A sweep keeps the keys used since the previous sweep
+        // (second chance), so up to ~64 survive and the next sweep comes at 128:
+        // no shard outgrows 128 keys when a round adds ~8 to each.
         assert!(
-            most <= 64 * 64,
+            most <= 64 * 128,
             "{algorithm}: {most} keys held of {inserted}"
         );
         assert!(stats.expired > 0, "{algorithm}");
