@@ -19,6 +19,8 @@
 pub(crate) struct Divisor {
     d: u64,
     m: u64,
+    /// `L - 1` for `d >= 2` (the shift is `64 + L - 1`: take the high half of the
+    /// product, then shift by this); unused for `d = 1`.
     shift: u32,
 }
 
@@ -26,24 +28,28 @@ impl Divisor {
     /// Prepares `d` (at least 1; 0 is taken as 1, which no caller passes).
     pub(crate) const fn new(d: u64) -> Divisor {
         let d = if d == 0 { 1 } else { d };
-        // L = ceil(log2 d): 0 for d = 1.
+        if d == 1 {
+            return Divisor { d, m: 0, shift: 0 };
+        }
+        // L = ceil(log2 d), at least 1 here.
         let l = 64 - (d - 1).leading_zeros();
-        let shift = 63 + l;
-        // ceil(2^shift / d), computed in u128 (shift <= 127).
-        let pow = 1u128 << shift;
-        let m = pow.div_ceil(d as u128);
+        // ceil(2^(63+L) / d), computed in u128 (63 + L <= 127).
+        let m = (1u128 << (63 + l)).div_ceil(d as u128);
         Divisor {
             d,
             m: m as u64,
-            shift,
+            shift: l - 1,
         }
     }
 
     /// `floor(n / d)`.
     #[inline]
     pub(crate) const fn div(self, n: u64) -> u64 {
-        if n < 1 << 63 {
-            ((n as u128 * self.m as u128) >> self.shift) as u64
+        if self.d == 1 {
+            n
+        } else if n < 1 << 63 {
+            let high = ((n as u128 * self.m as u128) >> 64) as u64;
+            high >> self.shift
         } else {
             n / self.d
         }
