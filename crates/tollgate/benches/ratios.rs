@@ -19,7 +19,6 @@
 //! 2 threads (for 2 threads, wall time per check).
 
 use std::hint::black_box;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -27,66 +26,12 @@ use dashmap::DashMap;
 use governor::{Quota, RateLimiter};
 use tollgate::{Algorithm, DirectLimiter, MemoryStore, Policy};
 
-const KEYS: u32 = 100_000;
-const SEED: u64 = 0x5eed_7011_6a7e;
+mod common;
+
+use common::{fill_key, keys_and_order, live_policy, nz, policy};
+
 const ROUNDS: usize = 21;
 const OPS_PER_ROUND: u64 = 200_000;
-
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-fn fill_key(buf: &mut String, i: u32) {
-    let mut bytes = *b"client-00000000-api";
-    let mut n = i;
-    for d in bytes[7..15].iter_mut().rev() {
-        *d = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-    buf.clear();
-    buf.push_str(std::str::from_utf8(&bytes).unwrap_or_default());
-}
-
-fn order() -> Vec<u32> {
-    let mut order: Vec<u32> = (0..KEYS).collect();
-    let mut s = SEED;
-    for i in (1..order.len()).rev() {
-        let j = (splitmix(&mut s) % (i as u64 + 1)) as usize;
-        order.swap(i, j);
-    }
-    order
-}
-
-fn policy(algorithm: Algorithm, limit: u32, period: Duration) -> Policy {
-    match Policy::new(algorithm, limit, period) {
-        Ok(p) => p,
-        Err(e) => panic!("bench policy: {e}"),
-    }
-}
-
-/// A policy under which every key stays live (never fresh again) for the whole
-/// run and nothing is denied, so every check finds its key and the keyed benches
-/// measure the steady state: the bucket family earns back one unit per second with a
-/// burst of 10^9; the windows admit 10^9 per hour.
-fn live_policy(algorithm: Algorithm) -> Policy {
-    let p = if algorithm.is_bucket() {
-        policy(algorithm, 1_000_000, Duration::from_secs(1_000_000))
-    } else {
-        policy(algorithm, 1_000_000_000, Duration::from_secs(3600))
-    };
-    match p.with_burst(1_000_000_000) {
-        Ok(p) => p,
-        Err(e) => panic!("bench policy: {e}"),
-    }
-}
-
-fn nz(n: u32) -> NonZeroU32 {
-    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
-}
 
 /// Nanoseconds of wall time per operation for `ops` operations over `threads`.
 fn time_keyed(
@@ -170,13 +115,7 @@ fn main() {
         // `cargo test --benches` asks benches to list themselves; nothing to list.
         return;
     }
-    let order = order();
-    let mut keys = Vec::with_capacity(KEYS as usize);
-    for i in 0..KEYS {
-        let mut k = String::new();
-        fill_key(&mut k, i);
-        keys.push(k);
-    }
+    let (keys, order) = keys_and_order();
 
     // Single key.
     let high = policy(Algorithm::Gcra, 1_000_000_000, Duration::from_secs(1));
