@@ -37,11 +37,10 @@ use crate::policy::Policy;
 /// One key's fixed-window state. The default value is the fresh state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FixedWindowState {
-    /// The window `k` that `count` belongs to.
-    pub window: u64,
-    /// Units admitted in window `k`.
+    /// Units admitted in window `k = floor(last / W)`.
     pub count: u64,
-    /// The latest instant the state was updated at; time never runs backwards past it.
+    /// The instant of the latest admission; time never runs backwards past it, and
+    /// its window is the one `count` belongs to.
     pub last: Nanos,
     /// The instant the state is fresh again: `(k+1)W`, or 0 when nothing was counted.
     pub expires: Nanos,
@@ -49,7 +48,6 @@ pub struct FixedWindowState {
 
 struct Now {
     t: Nanos,
-    k: u64,
     count: u64,
     end: Nanos,
 }
@@ -58,9 +56,10 @@ fn at(policy: &Policy, state: &FixedWindowState, now: Nanos) -> Now {
     let t = now.max(state.last);
     let w = policy.period().as_u64();
     let k = policy.div_period(t.as_u64());
-    let count = if state.window == k { state.count } else { 0 };
+    let counted = policy.div_period(state.last.as_u64());
+    let count = if counted == k { state.count } else { 0 };
     let end = Nanos::new(k.saturating_add(1).saturating_mul(w)).saturating_sub(t);
-    Now { t, k, count, end }
+    Now { t, count, end }
 }
 
 /// Decides a request of `cost` at `now`; when `consume` is true and the request is
@@ -72,7 +71,7 @@ pub fn check(
     cost: NonZeroU32,
     consume: bool,
 ) -> Decision {
-    let Now { t, k, count, end } = at(policy, state, now);
+    let Now { t, count, end } = at(policy, state, now);
     let limit = u64::from(policy.limit());
     let c = u64::from(cost.get());
     let mut decision = Decision {
@@ -90,7 +89,6 @@ pub fn check(
     if count + c <= limit {
         if consume {
             *state = FixedWindowState {
-                window: k,
                 count: count + c,
                 last: t,
                 expires: t.saturating_add(end),

@@ -52,9 +52,12 @@ use crate::clock::{Clock, SystemClock};
 use crate::decision::Decision;
 use crate::direct::{bucket_check, bucket_decide};
 use crate::error::CheckError;
+use crate::fixed_window::{self, FixedWindowState};
 use crate::gcra;
 use crate::nanos::Nanos;
-use crate::policy::Policy;
+use crate::policy::{Algorithm, Policy};
+use crate::sliding_window_counter::{self, SlidingWindowCounterState};
+use crate::sliding_window_log::{self, SlidingWindowLogState};
 use crate::state::State;
 use crate::store::{Check, Store, Verdict, validate};
 
@@ -65,56 +68,22 @@ const DEFAULT_MAX_KEYS: usize = 1_000_000;
 /// A shard is not swept before it holds this many keys.
 const MIN_SWEEP: usize = 64;
 
-/// One key's state.
+/// A key's bytes: inline when at most `N` bytes, so that they share the entry's
+/// cache line with the state (IP addresses, user ids, most API keys), on the heap
+/// otherwise. Inline keys save a cache miss per check on large key sets.
 #[derive(Debug)]
-enum Slot {
-    /// The bucket family: `TAT` in nanoseconds; 0 is fresh.
-    Bucket(AtomicU64),
-    /// The window algorithms. Boxed so a bucket key costs 16 bytes of slot, not 80.
-    Window(Box<Mutex<State>>),
-}
-
-impl Slot {
-    fn fresh(policy: &Policy) -> Slot {
-        if policy.algorithm().is_bucket() {
-            Slot::Bucket(AtomicU64::new(0))
-        } else {
-            Slot::Window(Box::new(Mutex::new(State::fresh(policy.algorithm()))))
-        }
-    }
-
-    fn fits(&self, policy: &Policy) -> bool {
-        matches!(self, Slot::Bucket(_)) == policy.algorithm().is_bucket()
-    }
-
-    /// The instant the state is fresh again. Needs `&mut`, so only under a write lock.
-    fn expires(&mut self) -> Nanos {
-        match self {
-            Slot::Bucket(cell) => Nanos::new(*cell.get_mut()),
-            Slot::Window(state) => state.get_mut().expires(),
-        }
-    }
-}
-
-/// A key's bytes: inline when short enough to share the entry's cache line with the
-/// state (IP addresses, user ids, API keys of up to [`INLINE_KEY`] bytes), on the
-/// heap otherwise. Inline keys save a cache miss per check on large key sets.
-#[derive(Debug)]
-enum Key {
-    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+enum Key<const N: usize> {
+    Inline { len: u8, bytes: [u8; N] },
     Heap(Box<[u8]>),
 }
 
-/// The longest key kept inline.
-const INLINE_KEY: usize = 46;
-
-impl Key {
-    fn new(key: &[u8]) -> Key {
-        if key.len() <= INLINE_KEY {
-            let mut bytes = [0; INLINE_KEY];
+impl<const N: usize> Key<N> {
+    fn new(key: &[u8]) -> Self {
+        if key.len() <= N {
+            let mut bytes = [0; N];
             bytes[..key.len()].copy_from_slice(key);
             Key::Inline {
-                // At most INLINE_KEY (46), so it fits in u8.
+                // At most N (46), so it fits in u8.
                 len: key.len() as u8,
                 bytes,
             }
@@ -132,17 +101,166 @@ impl Key {
     }
 }
 
-/// One key and its state, on one cache line of its own when the key is inline.
+/// One key and its state, in one 64-byte cache line: a bucket key up to 46 bytes
+/// with its `TAT`; a `fixed_window` or `sliding_window_counter` key up to 22 bytes
+/// with its state behind a one-byte mutex; a `sliding_window_log` key up to 46
+/// bytes with a pointer to its log. Longer keys live on the heap.
 #[derive(Debug)]
 #[repr(align(64))]
-struct Entry(Key, Slot);
+enum Entry {
+    /// `token_bucket`, `gcra`, `leaky_bucket`: `TAT` in nanoseconds; 0 is fresh.
+    Bucket { key: Key<46>, tat: AtomicU64 },
+    Fixed {
+        key: Key<22>,
+        state: Mutex<FixedWindowState>,
+    },
+    Counter {
+        key: Key<22>,
+        state: Mutex<SlidingWindowCounterState>,
+    },
+    /// The log grows with the limit, so it lives on the heap.
+    Log {
+        key: Key<46>,
+        state: Box<Mutex<SlidingWindowLogState>>,
+    },
+}
 
 const _: () = assert!(std::mem::size_of::<Entry>() == 64);
+
+/// An entry's state, borrowed for a check.
+#[derive(Clone, Copy)]
+enum Slot<'a> {
+    Bucket(&'a AtomicU64),
+    Window(Window<'a>),
+}
+
+/// A window algorithm's state, behind its mutex.
+#[derive(Clone, Copy)]
+enum Window<'a> {
+    Fixed(&'a Mutex<FixedWindowState>),
+    Counter(&'a Mutex<SlidingWindowCounterState>),
+    Log(&'a Mutex<SlidingWindowLogState>),
+}
+
+/// A locked window state.
+enum WindowGuard<'a> {
+    Fixed(MutexGuard<'a, FixedWindowState>),
+    Counter(MutexGuard<'a, SlidingWindowCounterState>),
+    Log(MutexGuard<'a, SlidingWindowLogState>),
+}
+
+impl Entry {
+    fn fresh(key: &[u8], policy: &Policy) -> Entry {
+        match policy.algorithm() {
+            Algorithm::TokenBucket | Algorithm::Gcra | Algorithm::LeakyBucket => Entry::Bucket {
+                key: Key::new(key),
+                tat: AtomicU64::new(0),
+            },
+            Algorithm::FixedWindow => Entry::Fixed {
+                key: Key::new(key),
+                state: Mutex::default(),
+            },
+            Algorithm::SlidingWindowCounter => Entry::Counter {
+                key: Key::new(key),
+                state: Mutex::default(),
+            },
+            Algorithm::SlidingWindowLog => Entry::Log {
+                key: Key::new(key),
+                state: Box::default(),
+            },
+        }
+    }
+
+    #[inline]
+    fn key(&self) -> &[u8] {
+        match self {
+            Entry::Bucket { key, .. } | Entry::Log { key, .. } => key.as_bytes(),
+            Entry::Fixed { key, .. } | Entry::Counter { key, .. } => key.as_bytes(),
+        }
+    }
+
+    /// The state, if it is of `policy`'s algorithm (any of the bucket family for a
+    /// bucket); `None` when the key was last used under another algorithm.
+    #[inline]
+    fn slot(&self, policy: &Policy) -> Option<Slot<'_>> {
+        match (self, policy.algorithm()) {
+            (Entry::Bucket { tat, .. }, a) if a.is_bucket() => Some(Slot::Bucket(tat)),
+            (Entry::Fixed { state, .. }, Algorithm::FixedWindow) => {
+                Some(Slot::Window(Window::Fixed(state)))
+            }
+            (Entry::Counter { state, .. }, Algorithm::SlidingWindowCounter) => {
+                Some(Slot::Window(Window::Counter(state)))
+            }
+            (Entry::Log { state, .. }, Algorithm::SlidingWindowLog) => {
+                Some(Slot::Window(Window::Log(state)))
+            }
+            _ => None,
+        }
+    }
+
+    /// The instant the state is fresh again. Needs `&mut`, so only under a write lock.
+    fn expires(&mut self) -> Nanos {
+        match self {
+            Entry::Bucket { tat, .. } => Nanos::new(*tat.get_mut()),
+            Entry::Fixed { state, .. } => state.get_mut().expires,
+            Entry::Counter { state, .. } => state.get_mut().expires,
+            Entry::Log { state, .. } => state.get_mut().expires(),
+        }
+    }
+}
+
+impl<'a> Slot<'a> {
+    /// Decides (and, if `consume`, records) a check on this state.
+    #[inline]
+    fn check(self, policy: &Policy, now: Nanos, cost: NonZeroU32, consume: bool) -> Decision {
+        match self {
+            Slot::Bucket(cell) => bucket_check(policy, cell, now, cost, consume),
+            Slot::Window(w) => w.lock().check(policy, now, cost, consume),
+        }
+    }
+}
+
+impl<'a> Window<'a> {
+    fn lock(self) -> WindowGuard<'a> {
+        match self {
+            Window::Fixed(m) => WindowGuard::Fixed(m.lock()),
+            Window::Counter(m) => WindowGuard::Counter(m.lock()),
+            Window::Log(m) => WindowGuard::Log(m.lock()),
+        }
+    }
+
+    /// Where the mutex is: stacks lock windows in address order.
+    fn address(self) -> usize {
+        match self {
+            Window::Fixed(m) => m as *const _ as usize,
+            Window::Counter(m) => m as *const _ as usize,
+            Window::Log(m) => m as *const _ as usize,
+        }
+    }
+}
+
+impl WindowGuard<'_> {
+    fn check(&mut self, policy: &Policy, now: Nanos, cost: NonZeroU32, consume: bool) -> Decision {
+        match self {
+            WindowGuard::Fixed(s) => fixed_window::check(policy, s, now, cost, consume),
+            WindowGuard::Counter(s) => sliding_window_counter::check(policy, s, now, cost, consume),
+            WindowGuard::Log(s) => sliding_window_log::check(policy, s, now, cost, consume),
+        }
+    }
+
+    fn view(&self, policy: &Policy, now: Nanos) -> (u64, Nanos) {
+        match self {
+            WindowGuard::Fixed(s) => fixed_window::view(policy, s, now),
+            WindowGuard::Counter(s) => sliding_window_counter::view(policy, s, now),
+            WindowGuard::Log(s) => sliding_window_log::view(policy, s, now),
+        }
+    }
+}
 
 /// A predicate matching the entry of `key`.
 #[inline]
 fn is(key: &[u8]) -> impl Fn(&Entry) -> bool + '_ {
-    move |Entry(k, _)| k.as_bytes() == key
+    move |e| e.key() == key
 }
 
 #[derive(Debug)]
@@ -380,42 +498,42 @@ impl<C: Clock> MemoryStore<C> {
         let now = self.clock.now();
         let hash = self.hasher.hash_one(key.as_bytes());
         let shard = self.shard(hash);
-        {
+        let fresh = {
             let table = shard.0.read();
-            match table.map.find(hash, is(key.as_bytes())) {
-                Some(Entry(_, Slot::Bucket(cell))) if policy.algorithm().is_bucket() => {
-                    return bucket_check(policy, cell, now, cost, consume);
-                }
-                Some(Entry(_, Slot::Window(state))) if !policy.algorithm().is_bucket() => {
-                    return state.lock().check(policy, now, cost, consume);
-                }
-                _ => {
-                    // Absent, or of the other family: as if fresh.
-                    let decision = State::fresh(policy.algorithm()).check(policy, now, cost, false);
-                    if !consume || !decision.allowed {
-                        return decision;
-                    }
-                }
+            if let Some(slot) = table
+                .map
+                .find(hash, is(key.as_bytes()))
+                .and_then(|e| e.slot(policy))
+            {
+                return slot.check(policy, now, cost, consume);
             }
-        }
+            // Absent, or last used under another algorithm: as if fresh.
+            let decision = State::fresh(policy.algorithm()).check(policy, now, cost, false);
+            if !consume || !decision.allowed {
+                return decision;
+            }
+            decision
+        };
         let mut table = shard.0.write();
-        let slot = self.slot_for_write(&mut table, hash, key, policy, now);
-        match slot {
-            Slot::Bucket(cell) => bucket_check(policy, cell, now, cost, true),
-            Slot::Window(state) => state.get_mut().check(policy, now, cost, true),
+        let entry = self.entry_for_write(&mut table, hash, key, policy, now);
+        match entry.slot(policy) {
+            Some(slot) => slot.check(policy, now, cost, true),
+            // `entry_for_write` made the entry fit the policy, so this is not
+            // reached; should it be, answer without consuming rather than panic.
+            None => fresh,
         }
     }
 
-    /// The slot of `key` under a write lock, added (or replaced, if of the other
-    /// family) as a fresh one, making room first if needed.
-    fn slot_for_write<'t>(
+    /// The entry of `key` under a write lock, added (or replaced, if of another
+    /// algorithm) as a fresh one, making room first if needed.
+    fn entry_for_write<'t>(
         &self,
         table: &'t mut Table,
         hash: u64,
         key: &str,
         policy: &Policy,
         now: Nanos,
-    ) -> &'t mut Slot {
+    ) -> &'t mut Entry {
         let present = table.map.find(hash, is(key.as_bytes())).is_some();
         if !present {
             self.make_room(table, now, 1, |_| false);
@@ -423,27 +541,25 @@ impl<C: Clock> MemoryStore<C> {
         self.insert(table, hash, key, policy)
     }
 
-    /// The slot of `key`, added (or replaced, if of the other family) as a fresh one.
-    /// The caller has made room for it.
+    /// The entry of `key`, added (or replaced, if of another algorithm) as a fresh
+    /// one. The caller has made room for it.
     fn insert<'t>(
         &self,
         table: &'t mut Table,
         hash: u64,
         key: &str,
         policy: &Policy,
-    ) -> &'t mut Slot {
+    ) -> &'t mut Entry {
         let hasher = &self.hasher;
         let entry = table
             .map
-            .entry(hash, is(key.as_bytes()), |Entry(k, _)| {
-                hasher.hash_one(k.as_bytes())
-            })
-            .or_insert_with(|| Entry(Key::new(key.as_bytes()), Slot::fresh(policy)));
-        let slot = &mut entry.into_mut().1;
-        if !slot.fits(policy) {
-            *slot = Slot::fresh(policy);
+            .entry(hash, is(key.as_bytes()), |e| hasher.hash_one(e.key()))
+            .or_insert_with(|| Entry::fresh(key.as_bytes(), policy))
+            .into_mut();
+        if entry.slot(policy).is_none() {
+            *entry = Entry::fresh(key.as_bytes(), policy);
         }
-        slot
+        entry
     }
 
     /// Before adding `need` keys: sweep when the shard has doubled since its last
@@ -475,8 +591,8 @@ impl<C: Clock> MemoryStore<C> {
         let mut expiries: Vec<Nanos> = table
             .map
             .iter_mut()
-            .filter(|Entry(k, _)| !keep(k.as_bytes()))
-            .map(|Entry(_, s)| s.expires())
+            .filter(|e| !keep(e.key()))
+            .map(|e| e.expires())
             .collect();
         let Some(nth) = count.min(expiries.len()).checked_sub(1) else {
             return;
@@ -486,11 +602,11 @@ impl<C: Clock> MemoryStore<C> {
         // and as many as are still needed of those expiring at it.
         let mut at_threshold = nth + 1 - below.iter().filter(|&&e| e < threshold).count();
         let before = table.map.len();
-        table.map.retain(|Entry(k, s)| {
-            if keep(k.as_bytes()) {
+        table.map.retain(|entry| {
+            if keep(entry.key()) {
                 return true;
             }
-            let e = s.expires();
+            let e = entry.expires();
             if e < threshold {
                 false
             } else if e == threshold && at_threshold > 0 {
@@ -506,9 +622,7 @@ impl<C: Clock> MemoryStore<C> {
 
     fn sweep_table(&self, table: &mut Table, now: Nanos, keep: impl Fn(&[u8]) -> bool) -> usize {
         let before = table.map.len();
-        table
-            .map
-            .retain(|Entry(k, s)| s.expires() > now || keep(k.as_bytes()));
+        table.map.retain(|e| e.expires() > now || keep(e.key()));
         let dropped = before - table.map.len();
         self.expired.fetch_add(dropped as u64, Ordering::Relaxed);
         dropped
@@ -543,7 +657,7 @@ impl<C: Clock> MemoryStore<C> {
                 .iter()
                 .map(|&i| (i, self.shards[i].0.read()))
                 .collect();
-            let slots: SmallVec<[Option<&Slot>; 4]> = checks
+            let slots: SmallVec<[Option<Slot<'_>>; 4]> = checks
                 .iter()
                 .zip(&hashes)
                 .map(|(c, &h)| {
@@ -552,8 +666,7 @@ impl<C: Clock> MemoryStore<C> {
                     table
                         .map
                         .find(h, is(c.key.as_bytes()))
-                        .map(|Entry(_, s)| s)
-                        .filter(|s| s.fits(c.policy))
+                        .and_then(|e| e.slot(c.policy))
                 })
                 .collect();
             if let Some(v) = decide_stack(checks, &slots, now, consume) {
@@ -586,12 +699,15 @@ impl<C: Clock> MemoryStore<C> {
             let pos = guards.partition_point(|(i, _)| *i < self.shard_index(h));
             self.insert(&mut guards[pos].1, h, c.key, c.policy);
         }
-        let slots: SmallVec<[Option<&Slot>; 4]> = checks
+        let slots: SmallVec<[Option<Slot<'_>>; 4]> = checks
             .iter()
             .zip(&hashes)
             .map(|(c, &h)| {
                 let table = &guards[guards.partition_point(|(i, _)| *i < self.shard_index(h))].1;
-                table.map.find(h, is(c.key.as_bytes())).map(|Entry(_, s)| s)
+                table
+                    .map
+                    .find(h, is(c.key.as_bytes()))
+                    .and_then(|e| e.slot(c.policy))
             })
             .collect();
         // Every slot exists and fits under the write locks, so `None` cannot come
@@ -606,7 +722,7 @@ impl<C: Clock> MemoryStore<C> {
 /// key under a write lock and decide again.
 fn decide_stack(
     checks: &[Check<'_>],
-    slots: &[Option<&Slot>],
+    slots: &[Option<Slot<'_>>],
     now: Nanos,
     consume: bool,
 ) -> Option<Verdict> {
@@ -615,16 +731,15 @@ fn decide_stack(
         .iter()
         .enumerate()
         .filter_map(|(i, s)| match s {
-            Some(Slot::Window(m)) => Some((&**m as *const Mutex<State> as usize, i)),
+            Some(Slot::Window(w)) => Some((w.address(), i)),
             _ => None,
         })
         .collect();
     by_addr.sort_unstable();
-    let mut windows: SmallVec<[Option<MutexGuard<'_, State>>; 4]> =
-        slots.iter().map(|_| None).collect();
+    let mut windows: SmallVec<[Option<WindowGuard<'_>>; 4]> = slots.iter().map(|_| None).collect();
     for &(_, i) in &by_addr {
-        if let Some(Slot::Window(m)) = slots[i] {
-            windows[i] = Some(m.lock());
+        if let Some(Slot::Window(w)) = slots[i] {
+            windows[i] = Some(w.lock());
         }
     }
 

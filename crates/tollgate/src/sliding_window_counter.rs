@@ -37,13 +37,12 @@ use crate::policy::Policy;
 /// One key's sliding-window-counter state. The default value is the fresh state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlidingWindowCounterState {
-    /// The window `k` that `curr` belongs to.
-    pub window: u64,
-    /// Units admitted in window `k - 1`.
-    pub prev: u64,
+    /// Units admitted in window `k - 1`, where `k = floor(last / W)`. At most `L`,
+    /// so 32 bits hold it.
+    pub prev: u32,
     /// Units admitted in window `k`.
-    pub curr: u64,
-    /// The latest instant the state was updated at.
+    pub curr: u32,
+    /// The instant of the latest admission: its window is `k`.
     pub last: Nanos,
     /// The instant the state is fresh again: `(k+2)W` after an admission.
     pub expires: Nanos,
@@ -62,10 +61,11 @@ fn at(policy: &Policy, state: &SlidingWindowCounterState, now: Nanos) -> Now {
     let t = now.max(state.last).as_u64();
     let w = policy.period().as_u64();
     let k = policy.div_period(t);
-    let (prev, curr) = if state.window == k {
-        (state.prev, state.curr)
-    } else if state.window.checked_add(1) == Some(k) {
-        (state.curr, 0)
+    let counted = policy.div_period(state.last.as_u64());
+    let (prev, curr) = if counted == k {
+        (u64::from(state.prev), u64::from(state.curr))
+    } else if counted.checked_add(1) == Some(k) {
+        (u64::from(state.curr), 0)
     } else {
         (0, 0)
     };
@@ -178,10 +178,10 @@ pub fn check(
     if n.used() + u128::from(c) * u128::from(n.w) <= cap {
         n.curr += c;
         if consume {
+            // Both are at most L (a u32): admitted units never exceed the limit.
             *state = SlidingWindowCounterState {
-                window: n.k,
-                prev: n.prev,
-                curr: n.curr,
+                prev: u32::try_from(n.prev).unwrap_or(u32::MAX),
+                curr: u32::try_from(n.curr).unwrap_or(u32::MAX),
                 last: Nanos::new(n.t),
                 expires: Nanos::new(n.t).saturating_add(n.until_window(2)),
             };
