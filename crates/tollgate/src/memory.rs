@@ -5,10 +5,13 @@
 //! Keys live in a fixed number of shards, each a hash table behind a reader-writer
 //! lock; a key's hash picks its shard. A check takes its shard's lock for reading
 //! only, so checks of different keys never wait for each other and there is no
-//! global lock. The bucket family's state (one instant, `TAT`) sits inline in the
-//! table as an `AtomicU64` updated by compare-and-swap; the window algorithms' state
-//! sits behind a small per-key mutex. The write lock is taken only to add a key, to
-//! change a key's algorithm family, to forget a key, and to sweep.
+//! global lock. Each table entry is one 64-byte cache line holding the key (inline
+//! when short) and its state: the bucket family's one instant, `TAT`, as an
+//! `AtomicU64` updated by compare-and-swap; `fixed_window`'s and
+//! `sliding_window_counter`'s 24 bytes behind a one-byte mutex; a pointer to
+//! `sliding_window_log`'s log. So a keyed check costs one cache miss, not the two
+//! of a map of `String` keys. The write lock is taken only to add a key, to change
+//! a key's algorithm, to forget a key, and to sweep.
 //!
 //! # Bounded memory
 //!
