@@ -720,9 +720,9 @@ impl<C: Clock> MemoryStore<C> {
 }
 
 /// Decides a stack over slots that stay put (their shards are locked). A `None` slot
-/// is a key that is absent or of the other family: it decides as fresh, and if the
-/// stack would be admitted and consumed, the answer is `None`: the caller must add the
-/// key under a write lock and decide again.
+/// is a key that is absent or last used under another algorithm: it decides as
+/// fresh, and if the stack would be admitted and consumed, the answer is `None`: the
+/// caller must add the key under a write lock and decide again.
 fn decide_stack(
     checks: &[Check<'_>],
     slots: &[Option<Slot<'_>>],

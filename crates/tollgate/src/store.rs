@@ -18,7 +18,9 @@ pub const MAX_STACK: usize = 16;
 ///
 /// A key names one counter: two policies that should count separately need
 /// different keys (front ends build them as `<policy name>:<client>`). A key used
-/// with a policy of another algorithm family starts fresh.
+/// with a policy of another algorithm starts fresh (the bucket family,
+/// `token_bucket`, `gcra` and `leaky_bucket`, shares one state shape, so a key keeps
+/// its state across those three).
 #[derive(Clone, Copy, Debug)]
 pub struct Check<'a> {
     /// The key whose state is checked.
