@@ -112,7 +112,13 @@ pub(crate) fn check_bucket(
         };
         (decision, wait)
     } else {
-        let remaining = policy.div_emission(tau.saturating_sub(wait).as_u64());
+        // Denied: wait + c*T > tau, so fewer than c units fit; for c = 1, none.
+        let room = tau.saturating_sub(wait).as_u64();
+        let remaining = if room < emission {
+            0
+        } else {
+            policy.div_emission(room)
+        };
         let retry = ahead.saturating_sub(tau);
         (
             denial(policy, remaining, wait, Some(retry), DenyReason::Limited),
