@@ -8,6 +8,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use proptest::prelude::*;
 use tollgate::{
     Algorithm, Check, CheckError, Decision, DenyReason, DirectLimiter, MAX_STACK, ManualClock,
     MemoryStore, Nanos, Policy, Store, Verdict,
@@ -907,5 +908,67 @@ fn direct_limiter_matches_a_store_key() {
             clock.advance(Duration::from_millis(37 + step % 211));
         }
         assert_eq!(seen.len(), 2, "{algorithm}: both answers came up");
+    }
+}
+
+/// One step of a random trace through the store: which key, which of two policies,
+/// how far the clock moves first, the cost, and whether it consumes.
+#[derive(Clone, Copy, Debug)]
+struct StoreStep {
+    key: usize,
+    policy: usize,
+    delta: u64,
+    cost: u32,
+    consume: bool,
+}
+
+fn small_policy() -> impl Strategy<Value = Policy> {
+    (
+        proptest::sample::select(Algorithm::ALL.to_vec()),
+        1..=6u32,
+        1..=300u64,
+        1..=6u32,
+    )
+        .prop_map(|(a, l, w, b)| {
+            Policy::new(a, l, Nanos::new(w))
+                .and_then(|p| p.with_burst(b))
+                .expect("valid policy")
+        })
+}
+
+proptest! {
+    /// The store's entries (keys inline, window states inline, the log boxed, a key
+    /// switching algorithm) decide exactly as the pure functions on a `State` per
+    /// key: same decisions, field by field, on random traces over three keys and two
+    /// policies.
+    #[test]
+    fn the_store_decides_as_the_pure_functions(
+        policies in proptest::collection::vec(small_policy(), 2),
+        steps in proptest::collection::vec(
+            (0..3usize, 0..2usize, 0..120u64, 1..=8u32, proptest::bool::weighted(0.8))
+                .prop_map(|(key, policy, delta, cost, consume)| StoreStep {
+                    key, policy, delta, cost, consume,
+                }),
+            1..80,
+        ),
+    ) {
+        let clock = ManualClock::new(Nanos::new(1_000));
+        let store = MemoryStore::with_clock(clock.clone());
+        // A long key exercises the heap-held key path.
+        let keys = ["a", "a key longer than forty-six bytes, so it lives on the heap", "c"];
+        let mut model: Vec<Option<tollgate::State>> = vec![None, None, None];
+        for step in steps {
+            clock.advance(Nanos::new(step.delta));
+            let p = &policies[step.policy];
+            let now = tollgate::Clock::now(&clock);
+            let state = model[step.key].get_or_insert_with(|| tollgate::State::fresh(p.algorithm()));
+            let expected = state.check(p, now, cost(step.cost), step.consume);
+            let got = if step.consume {
+                store.check_n(keys[step.key], p, cost(step.cost))
+            } else {
+                store.peek_n(keys[step.key], p, cost(step.cost))
+            };
+            prop_assert_eq!(got, expected, "{:?} with {:?}", step, p);
+        }
     }
 }
