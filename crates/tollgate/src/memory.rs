@@ -477,16 +477,11 @@ impl<C: Clock> MemoryStore<C> {
 
     #[inline]
     fn shard(&self, hash: u64) -> &Shard {
-        // Bits just below the top 7, which hashbrown keeps for its control bytes, and
-        // far from the low bits it uses to place the entry in the table.
-        let index = if self.shard_shift >= 64 {
-            0
-        } else {
-            ((hash << 7) >> self.shard_shift) as usize
-        };
-        &self.shards[index]
+        &self.shards[self.shard_index(hash)]
     }
 
+    /// Bits just below the top 7 of the hash, which hashbrown keeps for its control
+    /// bytes, and far from the low bits it uses to place the entry in the table.
     #[inline]
     fn shard_index(&self, hash: u64) -> usize {
         if self.shard_shift >= 64 {
