@@ -50,6 +50,9 @@ pub struct SlidingWindowLogState {
     last: Nanos,
     /// `ts_newest + W`: the instant the state is fresh again.
     expires: Nanos,
+    /// `ts` of the oldest entry (when there is one), kept beside the header so that a
+    /// check learns that nothing has left the window without reading the entries.
+    oldest: Nanos,
 }
 
 impl SlidingWindowLogState {
@@ -75,10 +78,20 @@ impl SlidingWindowLogState {
             .skip_while(move |(ts, _)| ts.saturating_add(w) <= t)
     }
 
+    /// True when some entry is no longer live at `t`.
+    #[inline]
+    fn has_dead(&self, t: Nanos, w: Nanos) -> bool {
+        !self.entries.is_empty() && self.oldest.saturating_add(w) <= t
+    }
+
     /// Drops the entries that are no longer live at `t`.
     fn prune(&mut self, t: Nanos, w: Nanos) {
+        if !self.has_dead(t, w) {
+            return;
+        }
         while let Some(&(ts, c)) = self.entries.front() {
             if ts.saturating_add(w) > t {
+                self.oldest = ts;
                 break;
             }
             self.entries.pop_front();
@@ -101,12 +114,16 @@ pub fn check(
 ) -> Decision {
     let t = now.max(state.last);
     let w = policy.period();
-    let dead: u64 = state
-        .entries
-        .iter()
-        .take_while(|(ts, _)| ts.saturating_add(w) <= t)
-        .map(|&(_, c)| c)
-        .sum();
+    let dead: u64 = if state.has_dead(t, w) {
+        state
+            .entries
+            .iter()
+            .take_while(|(ts, _)| ts.saturating_add(w) <= t)
+            .map(|&(_, c)| c)
+            .sum()
+    } else {
+        0
+    };
     let used = state.total - dead;
     let limit = u64::from(policy.limit());
     let c = u64::from(cost.get());
@@ -126,9 +143,16 @@ pub fn check(
         if consume {
             // `t` becomes the state's time: entries dead now stay dead.
             state.prune(t, w);
+            // The newest entry is at `last`: one admitted at the same instant shares
+            // its slot (`last` tells without reading the entries).
             match state.entries.back_mut() {
-                Some((ts, n)) if *ts == t => *n += c,
-                _ => state.entries.push_back((t, c)),
+                Some((_, n)) if state.last == t => *n += c,
+                _ => {
+                    if state.entries.is_empty() {
+                        state.oldest = t;
+                    }
+                    state.entries.push_back((t, c));
+                }
             }
             state.total += c;
             state.last = t;
