@@ -333,13 +333,7 @@ fn stacks_sweeps_removals_and_evictions_together_never_deadlock() {
                     let (store, clock, policies, keys) = (&store, &clock, &policies, &keys);
                     s.spawn(move || {
                         // A small xorshift: each worker its own sequence.
-                        let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (w as u64 + 1);
-                        let mut next = move || {
-                            x ^= x << 13;
-                            x ^= x >> 7;
-                            x ^= x << 17;
-                            x as usize
-                        };
+                        let mut next = crate::xorshift(0x9E37_79B9_7F4A_7C15u64 ^ (w as u64 + 1));
                         for _ in 0..20_000 {
                             clock.advance(Nanos::new(1000));
                             let a = next() % keys.len();

@@ -659,13 +659,7 @@ fn random_stacks_never_exceed_the_cap() {
         .map(|&a| policy(a, 3, Duration::from_millis(1)))
         .collect();
     let keys: Vec<String> = (0..1000).map(|i| format!("k{i}")).collect();
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x as usize
-    };
+    let mut next = crate::xorshift(0x9E37_79B9_7F4A_7C15);
     for step in 0..20_000 {
         store.clock().advance(Nanos::new(1000));
         let [a, b, c] = [next() % 1000, next() % 1000, next() % 1000];
