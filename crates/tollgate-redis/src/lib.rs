@@ -1,0 +1,1 @@
+//! The Redis and Redis Cluster store for tollgate.

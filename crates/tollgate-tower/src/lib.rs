@@ -1,0 +1,1 @@
+//! tower and axum middleware for tollgate.
