@@ -214,12 +214,27 @@ where
                 Fallback::Pass | Fallback::Unavailable => None,
             },
         },
-        Some(_) => Some(verdict),
+        Some(_) => Some(uncounted(verdict, cost)),
     };
     if let Some(verdict) = verdict {
         write_fields(&shared, response.headers_mut(), &verdict);
     }
     Ok(response.map(Either::Left))
+}
+
+/// The fields of a response that was not counted. The peek answered what would
+/// remain had the request been counted; nothing was, so each policy holds `cost`
+/// more (exact for every algorithm: `remaining` falls by exactly the cost on an
+/// admission). `reset_after` stays the peek's, an upper bound.
+fn uncounted(mut verdict: Verdict, cost: NonZeroU32) -> Verdict {
+    for d in verdict
+        .decisions
+        .iter_mut()
+        .chain(Some(&mut verdict.decision))
+    {
+        d.remaining = d.remaining.saturating_add(u64::from(cost.get()));
+    }
+    verdict
 }
 
 fn own<B>(response: Response<Full<Bytes>>) -> Response<RateLimitBody<B>> {
