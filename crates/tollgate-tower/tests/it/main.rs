@@ -9,4 +9,5 @@ mod errors;
 mod headers;
 mod keys;
 mod leaky;
+mod plain_hyper;
 mod stacked;
