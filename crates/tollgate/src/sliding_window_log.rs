@@ -66,6 +66,16 @@ impl SlidingWindowLogState {
         self.expires
     }
 
+    /// `ts_newest + W - t` under the policy asked now (its `W` may differ from the
+    /// one that set `expires`), 0 for an empty log.
+    fn reset_after(&self, t: Nanos, w: Nanos) -> Nanos {
+        if self.entries.is_empty() {
+            Nanos::ZERO
+        } else {
+            self.last.saturating_add(w).saturating_sub(t)
+        }
+    }
+
     /// Bytes held on the heap by this log.
     pub fn heap_bytes(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<(Nanos, u64)>()
@@ -131,7 +141,7 @@ pub fn check(
         allowed: false,
         limit: policy.limit(),
         remaining: limit.saturating_sub(used),
-        reset_after: state.expires.saturating_sub(t),
+        reset_after: state.reset_after(t, w),
         retry_after: None,
         delay: Nanos::ZERO,
         reason: Some(DenyReason::CostExceedsCapacity),
@@ -191,6 +201,6 @@ pub fn view(policy: &Policy, state: &SlidingWindowLogState, now: Nanos) -> (u64,
         .sum();
     (
         u64::from(policy.limit()).saturating_sub(used),
-        state.expires.saturating_sub(t),
+        state.reset_after(t, w),
     )
 }
