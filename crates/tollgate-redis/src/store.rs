@@ -1,0 +1,616 @@
+//! [`RedisStore`]: the [`Store`] whose states live in Redis or a Redis Cluster.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use smallvec::SmallVec;
+use tollgate::{
+    Algorithm, Check, CheckError, Clock, Decision, DenyReason, Nanos, Policy, Store, Verdict,
+    validate,
+};
+
+use crate::error::RedisError;
+use crate::keys::{KeyPair, keys};
+use crate::url::{Target, parse};
+
+/// The decision script (see `lua/decide.lua` for its contract).
+const SCRIPT: &str = include_str!("../lua/decide.lua");
+
+/// The longest period and burst tolerance the store accepts: 2^52 ns, about 52 days.
+///
+/// Lua numbers are doubles, exact for integers below 2^53; the script keeps instants
+/// as seconds and nanoseconds and computes large products exactly, but needs every
+/// duration to stay below this bound.
+pub const MAX_DURATION: Nanos = Nanos::new(1 << 52);
+
+/// Replies per check in the script's answer.
+const FIELDS: usize = 8;
+
+/// The default key prefix.
+pub const DEFAULT_PREFIX: &str = "tollgate:";
+
+/// Builds a [`RedisStore`].
+pub struct RedisStoreBuilder {
+    url: String,
+    prefix: String,
+    timeout: Duration,
+    connect_timeout: Duration,
+    clock: Option<Arc<dyn Clock>>,
+    caller_ttl: Duration,
+    connections: usize,
+}
+
+impl fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("url", &redact(&self.url))
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("caller_clock", &self.clock.is_some())
+            .field("connections", &self.connections)
+            .finish()
+    }
+}
+
+impl RedisStoreBuilder {
+    /// Every key the store writes starts with `prefix` (default `tollgate:`). It may
+    /// not hold `{` or `}`: the store puts the hash tag there.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long one decision may take, all round trips included (default 50 ms).
+    /// A decision that runs out of time returns [`RedisError::Timeout`] and is not
+    /// replayed.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long connecting may take (default 2 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Decide at the instants of `clock` instead of Redis `TIME`: for tests, the
+    /// simulator and replaying traces. Keys then live at least
+    /// [`RedisStoreBuilder::caller_clock_ttl`] on Redis's own clock.
+    pub fn caller_clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// In caller-clock mode, the least time-to-live of written keys (default 10
+    /// minutes): the caller's clock need not run at the speed of Redis's, so the
+    /// time-to-live computed on it must not make a key expire early.
+    pub fn caller_clock_ttl(mut self, ttl: Duration) -> Self {
+        self.caller_ttl = ttl;
+        self
+    }
+
+    /// Connections to a single Redis server (default 2; ignored for a cluster, where
+    /// the client keeps one per node). Each is multiplexed: any number of checks in
+    /// flight share it, pipelined.
+    pub fn connections(mut self, n: usize) -> Self {
+        self.connections = n.max(1);
+        self
+    }
+
+    /// Connects. Fails when the URL or the prefix is invalid, or Redis cannot be
+    /// reached within the connect timeout.
+    pub async fn connect(self) -> Result<RedisStore, RedisError> {
+        if self.prefix.contains(['{', '}']) {
+            return Err(RedisError::Config(format!(
+                "key prefix {:?} holds a brace: braces are reserved for the hash tag",
+                self.prefix
+            )));
+        }
+        let target = parse(&self.url)?;
+        install_tls_provider();
+        let wait = self.connect_timeout;
+        let conns = match target {
+            Target::Single(url) => {
+                let client = redis::Client::open(url.as_str())
+                    .map_err(|e| RedisError::Config(format!("store url {}: {e}", redact(&url))))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(wait))
+                    .set_response_timeout(None)
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                let mut all = Vec::with_capacity(self.connections);
+                for _ in 0..self.connections {
+                    let made = tokio::time::timeout(
+                        wait,
+                        client.get_connection_manager_with_config(config.clone()),
+                    )
+                    .await
+                    .map_err(|_| RedisError::Timeout(wait))?
+                    .map_err(RedisError::Unavailable)?;
+                    all.push(made);
+                }
+                Conns::Single(all)
+            }
+            Target::Cluster(nodes) => {
+                // No retries inside the client: it would resend a script whose
+                // connection broke mid-call, and the script may have run. The store
+                // retries only the answers that prove a script did not run (MOVED,
+                // ASK, TRYAGAIN, CLUSTERDOWN, LOADING, NOSCRIPT).
+                let client = redis::cluster::ClusterClient::builder(nodes)
+                    .retries(0)
+                    .connection_timeout(wait)
+                    .build()
+                    .map_err(|e| {
+                        RedisError::Config(format!("store url {}: {e}", redact(&self.url)))
+                    })?;
+                let conn = tokio::time::timeout(wait, client.get_async_connection())
+                    .await
+                    .map_err(|_| RedisError::Timeout(wait))?
+                    .map_err(RedisError::Unavailable)?;
+                Conns::Cluster(conn)
+            }
+        };
+        let least_ttl_ms = if self.clock.is_some() {
+            u64::try_from(self.caller_ttl.as_millis()).unwrap_or(u64::MAX)
+        } else {
+            0
+        };
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                conns,
+                next: AtomicUsize::new(0),
+                prefix: self.prefix,
+                timeout: self.timeout,
+                clock: self.clock,
+                least_ttl_ms,
+                sha: redis::Script::new(SCRIPT).get_hash().to_owned(),
+            }),
+        })
+    }
+}
+
+fn install_tls_provider() {
+    // rediss:// needs a process-wide rustls crypto provider; installing one when
+    // another is already installed fails harmlessly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A URL with its password replaced by `***`, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+enum Conns {
+    Single(Vec<ConnectionManager>),
+    Cluster(ClusterConnection),
+}
+
+struct Inner {
+    conns: Conns,
+    next: AtomicUsize,
+    prefix: String,
+    timeout: Duration,
+    clock: Option<Arc<dyn Clock>>,
+    least_ttl_ms: u64,
+    sha: String,
+}
+
+/// The Redis and Redis Cluster store.
+///
+/// Every decision is one round trip running one script (`lua/decide.lua`) that
+/// reads the time with Redis `TIME`, decides every check of a stack, and writes the
+/// new states with a time-to-live, all atomically: however many processes share the
+/// Redis, exactly the limit gets through. The decisions are those of
+/// [`tollgate::MemoryStore`], bit for bit (a conformance suite holds it to that).
+///
+/// Keys are built as `<prefix>{<client>}s:<policy>` from a check key
+/// `<policy>:<client>`, so a client's stacked policies share a cluster slot and are
+/// decided by one script. A stack whose keys fall in several slots of a cluster (a
+/// per-client policy with a global one) is decided one slot after another: when a
+/// later slot denies, what the earlier ones consumed is given back. That case is not
+/// atomic: between the calls, other requests see the earlier consumption.
+///
+/// Cheap to clone; clones share the connections.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("cluster", &matches!(self.inner.conns, Conns::Cluster(_)))
+            .field("prefix", &self.inner.prefix)
+            .field("timeout", &self.inner.timeout)
+            .field("caller_clock", &self.inner.clock.is_some())
+            .finish()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Check,
+    Peek,
+    GiveBack,
+}
+
+impl Mode {
+    fn arg(self) -> &'static str {
+        match self {
+            Mode::Check => "c",
+            Mode::Peek => "p",
+            Mode::GiveBack => "g",
+        }
+    }
+}
+
+/// One check's answer from the script, before the stack is put together.
+#[derive(Clone, Copy)]
+struct Answer {
+    decision: Decision,
+    /// What the key holds without this request: remaining, reset_after.
+    view: (u64, Nanos),
+}
+
+/// An instant as the script holds it: Unix seconds and nanoseconds.
+#[derive(Clone, Copy, Debug)]
+struct Instant2(i64, i64);
+
+impl RedisStore {
+    /// A builder for the store at `url`.
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            timeout: Duration::from_millis(50),
+            connect_timeout: Duration::from_secs(2),
+            clock: None,
+            caller_ttl: Duration::from_secs(600),
+            connections: 2,
+        }
+    }
+
+    /// Connects to `url` with the default options.
+    pub async fn connect(url: &str) -> Result<RedisStore, RedisError> {
+        RedisStore::builder(url).connect().await
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// True when the store talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.conns, Conns::Cluster(_))
+    }
+
+    /// The Redis keys (state, log) that hold `key`'s state: for tools and tests.
+    pub fn redis_keys(&self, key: &str) -> (Vec<u8>, Vec<u8>) {
+        let k = keys(&self.inner.prefix, key);
+        (k.state, k.log)
+    }
+
+    /// Asks Redis for `PING`, within the timeout: is the store reachable?
+    pub async fn ping(&self) -> Result<(), RedisError> {
+        let mut cmd = redis::cmd("PING");
+        if let Conns::Cluster(_) = self.inner.conns {
+            // A cluster routes a keyless PING to a random node: good enough.
+            cmd = redis::cmd("PING");
+        }
+        let pong: String = self.timed(self.query(&cmd)).await??;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(RedisError::Reply(format!("PING answered {pong:?}")))
+        }
+    }
+
+    async fn timed<F: Future>(&self, fut: F) -> Result<F::Output, RedisError> {
+        tokio::time::timeout(self.inner.timeout, fut)
+            .await
+            .map_err(|_| RedisError::Timeout(self.inner.timeout))
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisError> {
+        let result = match &self.inner.conns {
+            Conns::Single(all) => {
+                let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % all.len();
+                let mut conn = all[i].clone();
+                cmd.query_async::<T>(&mut conn).await
+            }
+            Conns::Cluster(conn) => {
+                let mut conn = conn.clone();
+                cmd.query_async::<T>(&mut conn).await
+            }
+        };
+        result.map_err(classify)
+    }
+
+    fn check_args(checks: &[Check<'_>]) -> Result<(), RedisError> {
+        validate(checks)?;
+        for (i, c) in checks.iter().enumerate() {
+            if checks[..i].iter().any(|b| b.key == c.key) {
+                return Err(CheckError::DuplicateKey(c.key.to_owned()).into());
+            }
+            in_range(c.policy)?;
+        }
+        Ok(())
+    }
+
+    /// Groups the checks by cluster slot, in the order of their first check. A
+    /// single server has one group.
+    fn groups(&self, keys: &[KeyPair]) -> SmallVec<[SmallVec<[usize; 4]>; 2]> {
+        let mut groups: SmallVec<[SmallVec<[usize; 4]>; 2]> = SmallVec::new();
+        if !self.is_cluster() {
+            groups.push((0..keys.len()).collect());
+            return groups;
+        }
+        let mut slots: SmallVec<[u16; 2]> = SmallVec::new();
+        for (i, k) in keys.iter().enumerate() {
+            match slots.iter().position(|&s| s == k.slot) {
+                Some(g) => groups[g].push(i),
+                None => {
+                    slots.push(k.slot);
+                    groups.push(smallvec::smallvec![i]);
+                }
+            }
+        }
+        groups
+    }
+
+    async fn decide(&self, checks: &[Check<'_>], mode: Mode) -> Result<Verdict, RedisError> {
+        Self::check_args(checks)?;
+        let keys: SmallVec<[KeyPair; 4]> = checks
+            .iter()
+            .map(|c| keys(&self.inner.prefix, c.key))
+            .collect();
+        let now = self.inner.clock.as_ref().map(|c| c.now());
+        self.timed(self.decide_groups(checks, &keys, mode, now))
+            .await?
+    }
+
+    async fn decide_groups(
+        &self,
+        checks: &[Check<'_>],
+        keys: &[KeyPair],
+        mode: Mode,
+        now: Option<Nanos>,
+    ) -> Result<Verdict, RedisError> {
+        let groups = self.groups(keys);
+        let mut answers: SmallVec<[Option<Answer>; 4]> = smallvec::smallvec![None; checks.len()];
+        let mut consumed: SmallVec<[(usize, Instant2); 2]> = SmallVec::new();
+        let mut denied = false;
+        for (g, group) in groups.iter().enumerate() {
+            // After a denial, the remaining slots are only looked at.
+            let this = if denied { Mode::Peek } else { mode };
+            let (at, got) = self.run(this, now, None, group, checks, keys).await?;
+            let group_denied = got.iter().any(|a| !a.decision.allowed);
+            for (&i, a) in group.iter().zip(got) {
+                answers[i] = Some(a);
+            }
+            if this == Mode::Check && !group_denied {
+                consumed.push((g, at));
+            }
+            if group_denied && !denied {
+                denied = true;
+                // Give back what the earlier slots consumed. Best effort: should it
+                // fail, the earlier slots keep a consumption (they admit less, never
+                // more) until their keys expire.
+                for &(cg, cat) in &consumed {
+                    let _ = self
+                        .run(Mode::GiveBack, None, Some(cat), &groups[cg], checks, keys)
+                        .await;
+                }
+                consumed.clear();
+            }
+        }
+        let mut decisions: SmallVec<[Decision; 4]> = SmallVec::with_capacity(checks.len());
+        for a in &answers {
+            let a = a.ok_or_else(|| RedisError::Reply("a check went unanswered".to_owned()))?;
+            let mut d = a.decision;
+            if denied && d.allowed {
+                // Nothing was consumed (or it was given back): report what it holds.
+                d.remaining = a.view.0;
+                d.reset_after = a.view.1;
+                d.delay = Nanos::ZERO;
+            }
+            decisions.push(d);
+        }
+        Ok(Verdict::from_decisions(decisions))
+    }
+
+    /// Runs the script once over the checks of one slot.
+    async fn run(
+        &self,
+        mode: Mode,
+        now: Option<Nanos>,
+        used: Option<Instant2>,
+        group: &[usize],
+        checks: &[Check<'_>],
+        keys: &[KeyPair],
+    ) -> Result<(Instant2, SmallVec<[Answer; 4]>), RedisError> {
+        let build = |name: &str, body: &str| {
+            let mut cmd = redis::cmd(name);
+            cmd.arg(body).arg(group.len() * 2);
+            for &i in group {
+                cmd.arg(&keys[i].state).arg(&keys[i].log);
+            }
+            cmd.arg(mode.arg());
+            match (used, now) {
+                (Some(Instant2(s, n)), _) => {
+                    cmd.arg(s).arg(n);
+                }
+                (None, Some(t)) => {
+                    cmd.arg(t.as_u64() / 1_000_000_000)
+                        .arg(t.as_u64() % 1_000_000_000);
+                }
+                (None, None) => {
+                    cmd.arg("").arg("");
+                }
+            }
+            cmd.arg(self.inner.least_ttl_ms);
+            for &i in group {
+                let c = &checks[i];
+                let p = c.policy;
+                cmd.arg(letter(p.algorithm()))
+                    .arg(p.limit())
+                    .arg(p.period().as_u64())
+                    .arg(p.burst())
+                    .arg(p.emission_interval().as_u64())
+                    .arg(p.tolerance().as_u64())
+                    .arg(c.cost.get());
+            }
+            cmd
+        };
+        let mut cmd = build("EVALSHA", &self.inner.sha);
+        let mut loaded = false;
+        let reply: Vec<i64> = loop {
+            match self.query::<Vec<i64>>(&cmd).await {
+                Ok(reply) => break reply,
+                Err(RedisError::Server(e)) if e.code() == Some("NOSCRIPT") && !loaded => {
+                    // The script cache is empty (restart, failover, SCRIPT FLUSH):
+                    // NOSCRIPT proves nothing ran. EVAL runs and caches the script.
+                    loaded = true;
+                    cmd = build("EVAL", SCRIPT);
+                }
+                Err(RedisError::Server(e)) if not_run(&e) => {
+                    // The cluster is moving a slot or electing a master: the script
+                    // did not run. Try again until the timeout.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let bad = || RedisError::Reply(format!("script answered {} numbers", reply.len()));
+        if reply.len() < 2 {
+            return Err(bad());
+        }
+        let at = Instant2(reply[0], reply[1]);
+        if mode == Mode::GiveBack {
+            return Ok((at, SmallVec::new()));
+        }
+        if reply.len() != 2 + FIELDS * group.len() {
+            return Err(bad());
+        }
+        let mut answers = SmallVec::new();
+        for (k, &i) in group.iter().enumerate() {
+            let f = &reply[2 + FIELDS * k..2 + FIELDS * (k + 1)];
+            answers.push(answer(checks[i].policy, f)?);
+        }
+        Ok((at, answers))
+    }
+
+    /// Forgets `key`'s state.
+    async fn forget(&self, key: &str) -> Result<(), RedisError> {
+        let k = keys(&self.inner.prefix, key);
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(&k.state).arg(&k.log);
+        let _: i64 = self.timed(self.query(&cmd)).await??;
+        Ok(())
+    }
+}
+
+fn letter(a: Algorithm) -> &'static str {
+    match a {
+        Algorithm::TokenBucket => "t",
+        Algorithm::Gcra => "g",
+        Algorithm::LeakyBucket => "k",
+        Algorithm::FixedWindow => "f",
+        Algorithm::SlidingWindowCounter => "c",
+        Algorithm::SlidingWindowLog => "l",
+    }
+}
+
+fn in_range(p: &Policy) -> Result<(), RedisError> {
+    // The window algorithms never use tau; the bucket family never uses W but its
+    // T is at most W.
+    let tolerance_matters = p.algorithm().is_bucket();
+    if p.period() > MAX_DURATION || (tolerance_matters && p.tolerance() > MAX_DURATION) {
+        return Err(RedisError::PolicyTooLong {
+            period: p.period(),
+            tolerance: p.tolerance(),
+        });
+    }
+    Ok(())
+}
+
+fn answer(policy: &Policy, f: &[i64]) -> Result<Answer, RedisError> {
+    let n = |i: usize| {
+        u64::try_from(f[i]).map_err(|_| RedisError::Reply(format!("negative field {i}: {}", f[i])))
+    };
+    let reason = match f[5] {
+        0 => None,
+        1 => Some(DenyReason::Limited),
+        2 => Some(DenyReason::CostExceedsCapacity),
+        other => return Err(RedisError::Reply(format!("unknown reason {other}"))),
+    };
+    let limit = if policy.algorithm().is_bucket() {
+        policy.burst()
+    } else {
+        policy.limit()
+    };
+    Ok(Answer {
+        decision: Decision {
+            allowed: f[0] == 1,
+            limit,
+            remaining: n(1)?,
+            reset_after: Nanos::new(n(2)?),
+            retry_after: if f[3] < 0 {
+                None
+            } else {
+                Some(Nanos::new(n(3)?))
+            },
+            delay: Nanos::new(n(4)?),
+            reason,
+        },
+        view: (n(6)?, Nanos::new(n(7)?)),
+    })
+}
+
+/// Server answers that prove the command did not run.
+fn not_run(e: &redis::RedisError) -> bool {
+    matches!(
+        e.code(),
+        Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "LOADING" | "MASTERDOWN")
+    )
+}
+
+fn classify(e: redis::RedisError) -> RedisError {
+    if e.code().is_some() && !e.is_io_error() {
+        RedisError::Server(e)
+    } else {
+        RedisError::Unavailable(e)
+    }
+}
+
+impl Store for RedisStore {
+    type Error = RedisError;
+
+    fn check(
+        &self,
+        checks: &[Check<'_>],
+    ) -> impl Future<Output = Result<Verdict, Self::Error>> + Send {
+        self.decide(checks, Mode::Check)
+    }
+
+    fn peek(
+        &self,
+        checks: &[Check<'_>],
+    ) -> impl Future<Output = Result<Verdict, Self::Error>> + Send {
+        self.decide(checks, Mode::Peek)
+    }
+
+    fn reset(&self, key: &str) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.forget(key)
+    }
+}

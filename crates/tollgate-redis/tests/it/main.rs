@@ -1,0 +1,10 @@
+//! The Redis store's integration tests, against a real Redis (never a mock).
+//!
+//! They read the URL from `TOLLGATE_TEST_REDIS_URL` (default
+//! `redis://127.0.0.1:6379`) and fail, saying how to get one, when no Redis answers
+//! there. The cluster tests start their own nodes from `redis-server`.
+
+mod common;
+mod conformance;
+mod time_mode;
+mod ttl;
