@@ -418,8 +418,15 @@ local function give_back(p, skey, lkey, ts, tn)
         else
           redis.call("LREM", lkey, 1, raw)
         end
+        -- The state's instant is the newest admission still in the log, as if the
+        -- given-back one had never been.
         local total = math.max(st[1] - math.min(c, n_c), 0)
-        redis.call("SET", skey, string.format("l %d %d %d", total, st[2], st[3]), "KEEPTTL")
+        local ls, ln = st[2], st[3]
+        local tail = redis.call("LINDEX", lkey, -1)
+        if tail then
+          ls, ln = entry(tail)
+        end
+        redis.call("SET", skey, string.format("l %d %d %d", total, ls, ln), "KEEPTTL")
         return
       end
       if later(ts, tn, s, n) then
@@ -499,8 +506,12 @@ for i, x in ipairs(decided) do
         redis.call("LTRIM", x.lkey, l.ndead, -1)
       end
       local c = checks[i].c
+      local s, n, n_c
       if l.merge then
-        local s, n, n_c = entry(redis.call("LINDEX", x.lkey, -1))
+        -- The newest entry is at this instant unless a give-back removed it.
+        s, n, n_c = entry(redis.call("LINDEX", x.lkey, -1))
+      end
+      if s == l.s and n == l.n then
         redis.call("LSET", x.lkey, -1, string.format("%d %d %d", s, n, n_c + c))
       else
         redis.call("RPUSH", x.lkey, string.format("%d %d %d", l.s, l.n, c))

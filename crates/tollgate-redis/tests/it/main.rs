@@ -4,7 +4,9 @@
 //! `redis://127.0.0.1:6379`) and fail, saying how to get one, when no Redis answers
 //! there. The cluster tests start their own nodes from `redis-server`.
 
+mod cluster;
 mod common;
 mod conformance;
+mod processes;
 mod time_mode;
 mod ttl;
