@@ -7,6 +7,7 @@
 mod cluster;
 mod common;
 mod conformance;
+mod faults;
 mod processes;
 mod time_mode;
 mod ttl;

@@ -1,0 +1,251 @@
+//! Faults: the script cache flushed mid-run, Redis stopped and started again. Each
+//! test runs its own `redis-server` on a free port, so the shared one is untouched.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tollgate::{Algorithm, Check, Policy, Store};
+use tollgate_redis::{RedisError, RedisStore};
+
+use crate::common::{prefix, raw};
+
+/// A private Redis; dropping it stops it.
+struct Server {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Server {
+    fn start_on(port: u16) -> Server {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}): these tests need it on PATH")
+            });
+        let server = Server {
+            child: Some(child),
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    fn start() -> Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        Server::start_on(port)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn connect(url: &str, timeout: Duration) -> RedisStore {
+    RedisStore::builder(url)
+        .key_prefix(prefix("faults"))
+        .timeout(timeout)
+        .connect()
+        .await
+        .expect("the private redis-server")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_flush_mid_run_loses_nothing_and_counts_nothing_twice() {
+    let server = Server::start();
+    let store = connect(&server.url(), Duration::from_secs(5)).await;
+    let mut admin = raw(&server.url()).await;
+    for algorithm in Algorithm::ALL {
+        let policy = Policy::new(algorithm, 100, Duration::from_secs(60)).expect("policy");
+        let key = format!("{}:flushed", algorithm.name());
+        let mut tasks = Vec::new();
+        for i in 0..300 {
+            let store = store.clone();
+            let key = key.clone();
+            tasks.push(tokio::spawn(async move {
+                if i % 50 == 0 {
+                    tokio::task::yield_now().await;
+                }
+                store.check(&[Check::new(&key, &policy)]).await
+            }));
+            if i % 60 == 0 {
+                let _: String = redis::cmd("SCRIPT")
+                    .arg("FLUSH")
+                    .query_async(&mut admin)
+                    .await
+                    .expect("SCRIPT FLUSH");
+            }
+        }
+        let mut admitted = 0;
+        for t in tasks {
+            let v = t
+                .await
+                .expect("task")
+                .unwrap_or_else(|e| panic!("{algorithm:?}: an error reached the caller: {e}"));
+            admitted += usize::from(v.allowed());
+        }
+        assert_eq!(
+            admitted, 100,
+            "{algorithm:?}: exactly the limit through a flushed script cache"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_redis_is_a_typed_error_and_a_restarted_one_serves_again() {
+    let mut server = Server::start();
+    let port = server.port;
+    let timeout = Duration::from_millis(200);
+    let store = connect(&server.url(), timeout).await;
+    let policy = Policy::new(Algorithm::Gcra, 1_000, Duration::from_secs(1)).expect("policy");
+    let check = [Check::new("outage:client", &policy)];
+    assert!(
+        store
+            .check(&check)
+            .await
+            .expect("before the outage")
+            .allowed()
+    );
+
+    server.stop();
+    for _ in 0..5 {
+        let started = Instant::now();
+        match store.check(&check).await {
+            Err(e) => {
+                assert!(e.is_transient(), "{e}");
+                assert!(
+                    matches!(e, RedisError::Unavailable(_) | RedisError::Timeout(_)),
+                    "{e:?}"
+                );
+            }
+            Ok(v) => panic!("a stopped Redis answered {v:?}"),
+        }
+        assert!(
+            started.elapsed() < timeout + Duration::from_millis(300),
+            "the error took {:?}, more than the timeout",
+            started.elapsed()
+        );
+    }
+    assert!(store.ping().await.is_err());
+
+    let _server = Server::start_on(port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match store.check(&check).await {
+            Ok(v) => {
+                assert!(v.allowed());
+                break;
+            }
+            Err(e) => {
+                assert!(e.is_transient(), "{e}");
+                assert!(
+                    Instant::now() < deadline,
+                    "the store did not reconnect by itself: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    store.ping().await.expect("PING after the restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_script_cache_is_refilled_on_the_next_call() {
+    let server = Server::start();
+    let store = connect(&server.url(), Duration::from_secs(5)).await;
+    let mut admin = raw(&server.url()).await;
+    let sha = redis::Script::new(include_str!("../../lua/decide.lua"))
+        .get_hash()
+        .to_owned();
+    let policy = Policy::new(Algorithm::FixedWindow, 5, Duration::from_secs(60)).expect("policy");
+    let check = [Check::new("cache:client", &policy)];
+    store.check(&check).await.expect("first call");
+    let _: String = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut admin)
+        .await
+        .expect("SCRIPT FLUSH");
+    let cached: Vec<bool> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(&sha)
+        .query_async(&mut admin)
+        .await
+        .expect("SCRIPT EXISTS");
+    assert_eq!(cached, [false]);
+    let v = store
+        .check(&check)
+        .await
+        .expect("the call after a flush succeeds");
+    assert_eq!(
+        v.decision.remaining, 3,
+        "counted once: NOSCRIPT means the first attempt did not run"
+    );
+    let cached: Vec<bool> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(&sha)
+        .query_async(&mut admin)
+        .await
+        .expect("SCRIPT EXISTS");
+    assert_eq!(cached, [true], "EVAL cached the script again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_call_is_not_replayed() {
+    let server = Server::start();
+    let store = connect(&server.url(), Duration::from_millis(100)).await;
+    let mut admin = raw(&server.url()).await;
+    let policy = Policy::new(Algorithm::Gcra, 10, Duration::from_secs(60)).expect("policy");
+    let check = [Check::new("paused:client", &policy)];
+    // Redis holds every client's commands for 600 ms, then runs them.
+    let _: String = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(600)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await
+        .expect("CLIENT PAUSE");
+    match store.check(&check).await {
+        Err(RedisError::Timeout(_)) => {}
+        other => panic!("expected a timeout while Redis is paused, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let v = store.peek(&check).await.expect("after the pause");
+    // The paused call ran once when the pause ended; the store did not send it again.
+    assert_eq!(v.decision.remaining, 9, "consumed exactly once");
+}
