@@ -43,6 +43,7 @@ pub struct RedisStoreBuilder {
     clock: Option<Arc<dyn Clock>>,
     caller_ttl: Duration,
     connections: usize,
+    root_cert: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -103,6 +104,13 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// For `rediss://`: trust the certificate authority in `pem` (PEM text) instead
+    /// of the system's trust store, as for a Redis with a private CA.
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_cert = Some(pem.into());
+        self
+    }
+
     /// Connects. Fails when the URL or the prefix is invalid, or Redis cannot be
     /// reached within the connect timeout.
     pub async fn connect(self) -> Result<RedisStore, RedisError> {
@@ -117,8 +125,11 @@ impl RedisStoreBuilder {
         let wait = self.connect_timeout;
         let conns = match target {
             Target::Single(url) => {
-                let client = redis::Client::open(url.as_str())
-                    .map_err(|e| RedisError::Config(format!("store url {}: {e}", redact(&url))))?;
+                let client = match &self.root_cert {
+                    Some(pem) => redis::Client::build_with_tls(url.as_str(), certificates(pem)),
+                    None => redis::Client::open(url.as_str()),
+                }
+                .map_err(|e| RedisError::Config(format!("store url {}: {e}", redact(&url))))?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(wait))
                     .set_response_timeout(None)
@@ -142,13 +153,16 @@ impl RedisStoreBuilder {
                 // connection broke mid-call, and the script may have run. The store
                 // retries only the answers that prove a script did not run (MOVED,
                 // ASK, TRYAGAIN, CLUSTERDOWN, LOADING, NOSCRIPT).
-                let client = redis::cluster::ClusterClient::builder(nodes)
+                let mut builder = redis::cluster::ClusterClient::builder(nodes)
                     .retries(0)
                     .connection_timeout(wait)
-                    .build()
-                    .map_err(|e| {
-                        RedisError::Config(format!("store url {}: {e}", redact(&self.url)))
-                    })?;
+                    .response_timeout(self.timeout);
+                if let Some(pem) = &self.root_cert {
+                    builder = builder.certs(certificates(pem));
+                }
+                let client = builder.build().map_err(|e| {
+                    RedisError::Config(format!("store url {}: {e}", redact(&self.url)))
+                })?;
                 let conn = tokio::time::timeout(wait, client.get_async_connection())
                     .await
                     .map_err(|_| RedisError::Timeout(wait))?
@@ -172,6 +186,13 @@ impl RedisStoreBuilder {
                 sha: redis::Script::new(SCRIPT).get_hash().to_owned(),
             }),
         })
+    }
+}
+
+fn certificates(pem: &[u8]) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.to_vec()),
     }
 }
 
@@ -276,6 +297,7 @@ impl RedisStore {
             clock: None,
             caller_ttl: Duration::from_secs(600),
             connections: 2,
+            root_cert: None,
         }
     }
 

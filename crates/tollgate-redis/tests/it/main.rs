@@ -10,4 +10,5 @@ mod conformance;
 mod faults;
 mod processes;
 mod time_mode;
+mod tls;
 mod ttl;
