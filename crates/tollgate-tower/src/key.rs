@@ -1,6 +1,6 @@
 //! [`Key`]: which client a request counts against.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -126,35 +126,55 @@ impl Key {
     }
 
     /// The key of this request, or what is missing.
+    #[cfg(test)]
     pub(crate) fn extract(&self, parts: &Parts) -> Result<String, Missing> {
+        let mut out = String::new();
+        self.extract_into(parts, &mut out).map(|()| out)
+    }
+
+    /// Appends the key of this request to `out`, or says what is missing (and
+    /// leaves `out` as it was).
+    pub(crate) fn extract_into(&self, parts: &Parts, out: &mut String) -> Result<(), Missing> {
+        let start = out.len();
         let found = match &self.source {
-            Source::Ip(ip) => ip.find(parts).ok_or(Missing::PeerAddress),
-            Source::Client(ip) => {
-                let addr = ip.find(parts).ok_or(Missing::PeerAddress)?;
-                let agent = parts
-                    .headers
-                    .get(USER_AGENT)
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()))
-                    .unwrap_or_default();
-                Ok(format!("{addr}_{agent}"))
-            }
+            Source::Ip(ip) => ip.find_into(parts, out),
+            Source::Client(ip) => ip.find_into(parts, out).map(|()| {
+                out.push('_');
+                if let Some(agent) = parts.headers.get(USER_AGENT) {
+                    out.push_str(&String::from_utf8_lossy(agent.as_bytes()));
+                }
+            }),
             Source::Header(Ok(name)) => {
                 let mut values = parts.headers.get_all(name).iter();
                 match (values.next(), values.next()) {
                     (Some(v), None) if !v.is_empty() => {
-                        Ok(String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        out.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                        Ok(())
                     }
                     _ => Err(Missing::Header(name.clone())),
                 }
             }
             // Refused by `validate` when the layer is built.
             Source::Header(Err(_)) => Err(Missing::Custom),
-            Source::Global => Ok(String::from("global")),
-            Source::Fn(f) => f(parts).ok_or(Missing::Custom),
+            Source::Global => {
+                out.push_str("global");
+                Ok(())
+            }
+            Source::Fn(f) => f(parts)
+                .map(|key| out.push_str(&key))
+                .ok_or(Missing::Custom),
         };
         match (found, &self.fallback) {
-            (Err(_), Some(fallback)) => Ok(fallback.clone()),
-            (found, _) => found,
+            (Err(_), Some(fallback)) => {
+                out.truncate(start);
+                out.push_str(fallback);
+                Ok(())
+            }
+            (Err(missing), None) => {
+                out.truncate(start);
+                Err(missing)
+            }
+            (Ok(()), _) => Ok(()),
         }
     }
 }
@@ -254,23 +274,26 @@ impl ClientIp {
         self
     }
 
-    /// The key for this request: the client's address, grouped.
-    fn find(&self, parts: &Parts) -> Option<String> {
-        let peer = peer_addr(parts)?;
+    /// Appends the key for this request: the client's address, grouped.
+    fn find_into(&self, parts: &Parts, out: &mut String) -> Result<(), Missing> {
+        let peer = peer_addr(parts).ok_or(Missing::PeerAddress)?;
         let ip = forwarded::resolve(peer, &parts.headers, self.header, &self.trusted);
-        Some(self.group(ip))
+        self.group_into(ip, out);
+        Ok(())
     }
 
     /// `1.2.3.4` for IPv4, `2001:db8:1:2::/64` for IPv6 at /64, the bare address at
     /// /128.
-    pub(crate) fn group(&self, ip: IpAddr) -> String {
-        match forwarded::canonical(ip) {
-            IpAddr::V4(v4) => v4.to_string(),
-            IpAddr::V6(v6) if self.ipv6_prefix >= 128 => v6.to_string(),
-            IpAddr::V6(v6) => Ipv6Net::new(v6, self.ipv6_prefix)
-                .map(|net| net.trunc().to_string())
-                .unwrap_or_else(|_| v6.to_string()),
-        }
+    fn group_into(&self, ip: IpAddr, out: &mut String) {
+        // Writing to a String cannot fail.
+        let _ = match forwarded::canonical(ip) {
+            IpAddr::V4(v4) => write!(out, "{v4}"),
+            IpAddr::V6(v6) if self.ipv6_prefix >= 128 => write!(out, "{v6}"),
+            IpAddr::V6(v6) => match Ipv6Net::new(v6, self.ipv6_prefix) {
+                Ok(net) => write!(out, "{}", net.trunc()),
+                Err(_) => write!(out, "{v6}"),
+            },
+        };
     }
 }
 

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use smallvec::SmallVec;
-use tollgate::{Check, Nanos, Store, Verdict};
+use tollgate::{Check, Decision, Nanos, Store, Verdict};
 use tower_service::Service;
 
 use crate::layer::{Mode, Shared};
@@ -101,61 +102,60 @@ where
         // The instance that was polled ready serves this request; its clone stays.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(handle(Arc::clone(&self.shared), inner, req))
-    }
-}
-
-/// What the layer does instead of a verdict when the store failed.
-// A short-lived stack value: boxing the verdict would cost an allocation for nothing.
-#[allow(clippy::large_enum_variant)]
-enum Fallback {
-    Decided(Verdict),
-    Pass,
-    Unavailable,
-}
-
-async fn handle<S, I, ReqBody, ResBody>(
-    shared: Arc<Shared<S>>,
-    mut inner: I,
-    req: Request<ReqBody>,
-) -> Result<Response<RateLimitBody<ResBody>>, I::Error>
-where
-    S: Store,
-    I: Service<Request<ReqBody>, Response = Response<ResBody>>,
-{
-    let (parts, body) = req.into_parts();
-    let mut client_keys: SmallVec<[String; 2]> = SmallVec::new();
-    for key in shared.keys.iter() {
-        match key.extract(&parts) {
-            Ok(k) if k.len() <= shared.max_key_len => client_keys.push(k),
-            Ok(k) => {
-                let detail = format!(
-                    "the rate-limit key is {} bytes long; at most {} are accepted",
-                    k.len(),
-                    shared.max_key_len
-                );
-                return Ok(own(response::plain_problem(
-                    StatusCode::BAD_REQUEST,
-                    &detail,
-                )));
+        let shared = Arc::clone(&self.shared);
+        // The keys and the cost are found here, before the future is made, so the
+        // future carries only what it needs across its awaits.
+        let (parts, body) = req.into_parts();
+        let prepared = match prepare(&shared, &parts) {
+            Ok(prepared) => prepared,
+            Err(detail) => {
+                let refusal = response::plain_problem(StatusCode::BAD_REQUEST, &detail);
+                return Box::pin(std::future::ready(Ok(own(refusal))));
             }
-            Err(missing) => {
-                let detail = missing.to_string();
-                return Ok(own(response::plain_problem(
-                    StatusCode::BAD_REQUEST,
-                    &detail,
-                )));
-            }
+        };
+        let req = Request::from_parts(parts, body);
+        if shared.count_if.is_some() {
+            Box::pin(count_after(shared, inner, req, prepared))
+        } else {
+            Box::pin(count_before(shared, inner, req, prepared))
         }
     }
-    let cost = shared.cost.as_ref().map_or(NonZeroU32::MIN, |f| f(&parts));
-    let req = Request::from_parts(parts, body);
+}
 
-    let store_keys: SmallVec<[String; 4]> = shared
+/// A request's store keys (`"<policy>:<client>"`, one per policy) and cost.
+struct Prepared {
+    keys: SmallVec<[String; 2]>,
+    cost: NonZeroU32,
+}
+
+/// Finds the request's keys and cost, or says why the request has no usable key.
+fn prepare<S>(shared: &Shared<S>, parts: &Parts) -> Result<Prepared, String> {
+    let cost = shared.cost.as_ref().map_or(NonZeroU32::MIN, |f| f(parts));
+    if let ([policy], [key]) = (&*shared.policies, &*shared.keys) {
+        // One policy: extract straight into its store key, one allocation.
+        let mut k = String::with_capacity(policy.name.len() + 48);
+        k.push_str(&policy.name);
+        k.push(':');
+        key.extract_into(parts, &mut k)
+            .map_err(|missing| missing.to_string())?;
+        check_len(k.len() - policy.name.len() - 1, shared.max_key_len)?;
+        let mut keys = SmallVec::new();
+        keys.push(k);
+        return Ok(Prepared { keys, cost });
+    }
+    let mut clients: SmallVec<[String; 2]> = SmallVec::new();
+    for key in shared.keys.iter() {
+        let mut client = String::new();
+        key.extract_into(parts, &mut client)
+            .map_err(|missing| missing.to_string())?;
+        check_len(client.len(), shared.max_key_len)?;
+        clients.push(client);
+    }
+    let keys = shared
         .policies
         .iter()
         .map(|p| {
-            let client = client_keys.get(p.key).map_or("", String::as_str);
+            let client = clients.get(p.key).map_or("", String::as_str);
             let mut k = String::with_capacity(p.name.len() + 1 + client.len());
             k.push_str(&p.name);
             k.push(':');
@@ -163,63 +163,176 @@ where
             k
         })
         .collect();
-    let checks: SmallVec<[Check<'_>; 4]> = shared
-        .policies
-        .iter()
-        .zip(&store_keys)
-        .map(|(p, k)| Check::new(k, &p.policy).cost(cost))
-        .collect();
+    Ok(Prepared { keys, cost })
+}
 
-    // With count_if, look first and count after the response.
-    let consume_now = shared.count_if.is_none();
-    let first = if consume_now {
-        shared.store.check(&checks).await
-    } else {
-        shared.store.peek(&checks).await
-    };
-    let verdict = match first {
-        Ok(verdict) => verdict,
-        Err(error) => match fallback(&shared, &error, &store_keys, cost, consume_now) {
-            Fallback::Decided(verdict) => verdict,
-            Fallback::Pass => {
-                let response = inner.call(req).await?;
-                return Ok(response.map(Either::Left));
-            }
-            Fallback::Unavailable => {
-                return Ok(own(response::plain_problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the rate limiter cannot decide now; try again shortly",
-                )));
-            }
-        },
-    };
-
-    if !verdict.allowed() {
-        return Ok(denied(&shared, &verdict, cost));
+fn check_len(len: usize, max: usize) -> Result<(), String> {
+    if len > max {
+        return Err(format!(
+            "the rate-limit key is {len} bytes long; at most {max} are accepted"
+        ));
     }
-    let delay = verdict.decision.delay;
+    Ok(())
+}
+
+/// The usual flow: decide and consume, wait out a `leaky_bucket` delay, call the
+/// inner service, add the fields.
+async fn count_before<S, I, ReqBody, ResBody>(
+    shared: Arc<Shared<S>>,
+    mut inner: I,
+    req: Request<ReqBody>,
+    prepared: Prepared,
+) -> Result<Response<RateLimitBody<ResBody>>, I::Error>
+where
+    S: Store,
+    I: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    let (fields, delay) = match decide(&shared, &prepared, true).await {
+        Decided::Admit(verdict) => (Fields::new(&shared, &verdict), verdict.decision.delay),
+        Decided::Refuse(response) => return Ok(own(response)),
+        Decided::Pass => return Ok(inner.call(req).await?.map(Either::Left)),
+    };
+    drop(prepared);
     if delay > Nanos::ZERO {
         // A timer, not a thread: the task is parked until the queue's turn comes.
         tokio::time::sleep(delay.into()).await;
     }
-
     let mut response = inner.call(req).await?;
+    fields.write(&shared, response.headers_mut());
+    Ok(response.map(Either::Left))
+}
 
-    let verdict = match &shared.count_if {
-        None => Some(verdict),
-        Some(counts) if counts(response.status()) => match shared.store.check(&checks).await {
-            Ok(verdict) => Some(verdict),
-            Err(error) => match fallback(&shared, &error, &store_keys, cost, true) {
-                Fallback::Decided(verdict) => Some(verdict),
-                Fallback::Pass | Fallback::Unavailable => None,
-            },
+/// The `count_if` flow: peek, call the inner service, and consume only when the
+/// response's status says so.
+async fn count_after<S, I, ReqBody, ResBody>(
+    shared: Arc<Shared<S>>,
+    mut inner: I,
+    req: Request<ReqBody>,
+    prepared: Prepared,
+) -> Result<Response<RateLimitBody<ResBody>>, I::Error>
+where
+    S: Store,
+    I: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    let uncounted_fields = match decide(&shared, &prepared, false).await {
+        Decided::Admit(verdict) => Fields::new(&shared, &uncounted(verdict, prepared.cost)),
+        Decided::Refuse(response) => return Ok(own(response)),
+        Decided::Pass => return Ok(inner.call(req).await?.map(Either::Left)),
+    };
+    let mut response = inner.call(req).await?;
+    let counts = shared
+        .count_if
+        .as_ref()
+        .is_some_and(|counts| counts(response.status()));
+    if !counts {
+        uncounted_fields.write(&shared, response.headers_mut());
+        return Ok(response.map(Either::Left));
+    }
+    let checks = checks(&shared, &prepared, false);
+    let verdict = match shared.store.check(&checks).await {
+        Ok(verdict) => Some(verdict),
+        Err(error) => match fallback(&shared, &error, &prepared, true) {
+            Fallback::Decided(verdict) => Some(verdict),
+            Fallback::Pass | Fallback::Unavailable => None,
         },
-        Some(_) => Some(uncounted(verdict, cost)),
     };
     if let Some(verdict) = verdict {
-        write_fields(&shared, response.headers_mut(), &verdict);
+        Fields::new(&shared, &verdict).write(&shared, response.headers_mut());
     }
     Ok(response.map(Either::Left))
+}
+
+/// What the store (or the failure mode) decided.
+// A short-lived value: boxing the verdict would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Decided {
+    /// Every policy admits.
+    Admit(Verdict),
+    /// A 429 or a 503, ready to send.
+    Refuse(Response<Full<Bytes>>),
+    /// The store failed and the mode is `allow`.
+    Pass,
+}
+
+async fn decide<S: Store>(shared: &Shared<S>, prepared: &Prepared, consume: bool) -> Decided {
+    let checks = checks(shared, prepared, false);
+    let result = if consume {
+        shared.store.check(&checks).await
+    } else {
+        shared.store.peek(&checks).await
+    };
+    let verdict = match result {
+        Ok(verdict) => verdict,
+        Err(error) => match fallback(shared, &error, prepared, consume) {
+            Fallback::Decided(verdict) => verdict,
+            Fallback::Pass => return Decided::Pass,
+            Fallback::Unavailable => {
+                return Decided::Refuse(response::plain_problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the rate limiter cannot decide now; try again shortly",
+                ));
+            }
+        },
+    };
+    if verdict.allowed() {
+        Decided::Admit(verdict)
+    } else {
+        Decided::Refuse(denied(shared, &verdict, prepared.cost))
+    }
+}
+
+/// One check per policy: with the shared store's policies, or the local share.
+fn checks<'a, S>(
+    shared: &'a Shared<S>,
+    prepared: &'a Prepared,
+    local: bool,
+) -> SmallVec<[Check<'a>; 4]> {
+    shared
+        .policies
+        .iter()
+        .zip(&prepared.keys)
+        .map(|(p, k)| {
+            let policy = if local { &p.local } else { &p.policy };
+            Check::new(k, policy).cost(prepared.cost)
+        })
+        .collect()
+}
+
+/// What the layer does instead of a verdict when the store failed.
+// A short-lived value: boxing the verdict would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Fallback {
+    Decided(Verdict),
+    Pass,
+    Unavailable,
+}
+
+fn fallback<S, E: std::error::Error>(
+    shared: &Shared<S>,
+    error: &E,
+    prepared: &Prepared,
+    consume: bool,
+) -> Fallback {
+    match &shared.on_error {
+        Mode::Deny => {
+            tracing::warn!(%error, on_error = "deny", consume, "rate-limit store failed");
+            Fallback::Unavailable
+        }
+        Mode::Allow => {
+            tracing::warn!(%error, on_error = "allow", consume, "rate-limit store failed");
+            Fallback::Pass
+        }
+        Mode::Local { store, .. } => {
+            tracing::warn!(%error, on_error = "local", consume, "rate-limit store failed");
+            match store.decide(&checks(shared, prepared, true), consume) {
+                Ok(verdict) => Fallback::Decided(verdict),
+                Err(local) => {
+                    tracing::warn!(%local, "the local rate limiter failed too");
+                    Fallback::Unavailable
+                }
+            }
+        }
+    }
 }
 
 /// The fields of a response that was not counted. The peek answered what would
@@ -241,46 +354,7 @@ fn own<B>(response: Response<Full<Bytes>>) -> Response<RateLimitBody<B>> {
     response.map(Either::Right)
 }
 
-fn fallback<S, E: std::error::Error>(
-    shared: &Shared<S>,
-    error: &E,
-    keys: &[String],
-    cost: NonZeroU32,
-    consume: bool,
-) -> Fallback {
-    match &shared.on_error {
-        Mode::Deny => {
-            tracing::warn!(%error, on_error = "deny", "rate-limit store failed; answering 503");
-            Fallback::Unavailable
-        }
-        Mode::Allow => {
-            tracing::warn!(%error, on_error = "allow", "rate-limit store failed; letting the request through");
-            Fallback::Pass
-        }
-        Mode::Local { store, .. } => {
-            tracing::warn!(%error, on_error = "local", "rate-limit store failed; deciding locally");
-            let checks: SmallVec<[Check<'_>; 4]> = shared
-                .policies
-                .iter()
-                .zip(keys)
-                .map(|(p, k)| Check::new(k, &p.local).cost(cost))
-                .collect();
-            match store.decide(&checks, consume) {
-                Ok(verdict) => Fallback::Decided(verdict),
-                Err(local) => {
-                    tracing::warn!(%local, "local rate limiter failed too; answering 503");
-                    Fallback::Unavailable
-                }
-            }
-        }
-    }
-}
-
-fn denied<S, B>(
-    shared: &Shared<S>,
-    verdict: &Verdict,
-    cost: NonZeroU32,
-) -> Response<RateLimitBody<B>> {
+fn denied<S>(shared: &Shared<S>, verdict: &Verdict, cost: NonZeroU32) -> Response<Full<Bytes>> {
     let names: SmallVec<[&str; 4]> = shared.policies.iter().map(|p| &*p.name).collect();
     let retry_after = response::retry_after(verdict);
     let denied = Denied {
@@ -293,28 +367,46 @@ fn denied<S, B>(
         Some(f) => f(&denied),
         None => response::too_many_requests(&denied),
     };
-    write_fields(shared, response.headers_mut(), verdict);
+    Fields::new(shared, verdict).write(shared, response.headers_mut());
     if let Some(secs) = retry_after {
         response::set_retry_after(response.headers_mut(), secs);
     }
-    own(response)
+    response
 }
 
-/// Appends `RateLimit-Policy` and `RateLimit` (appended, so an outer layer's items
-/// and ours form one list, as the draft allows), and the legacy fields if asked.
-fn write_fields<S>(shared: &Shared<S>, headers: &mut HeaderMap, verdict: &Verdict) {
-    if let Some(policy) = &shared.policy_header {
-        headers.append(RATELIMIT_POLICY, policy.clone());
+/// The per-request fields, computed from a verdict so the verdict need not be
+/// kept while the inner service runs.
+struct Fields {
+    ratelimit: Option<HeaderValue>,
+    legacy: Option<Decision>,
+}
+
+impl Fields {
+    fn new<S>(shared: &Shared<S>, verdict: &Verdict) -> Self {
+        let items = shared
+            .policies
+            .iter()
+            .zip(&verdict.decisions)
+            .map(|(p, d)| (&*p.name, d));
+        Fields {
+            ratelimit: response::ratelimit_field(items),
+            legacy: shared.legacy_headers.then_some(verdict.decision),
+        }
     }
-    let items = shared
-        .policies
-        .iter()
-        .zip(&verdict.decisions)
-        .map(|(p, d)| (&*p.name, d));
-    if let Some(value) = response::ratelimit_field(items) {
-        headers.append(RATELIMIT, value);
-    }
-    if shared.legacy_headers {
-        response::legacy_fields(headers, &verdict.decision);
+
+    /// Appends `RateLimit-Policy` and `RateLimit` (appended, so an outer layer's
+    /// items and ours form one list, as the draft allows), and the legacy fields
+    /// if asked for.
+    fn write<S>(self, shared: &Shared<S>, headers: &mut HeaderMap) {
+        headers.reserve(2);
+        if let Some(policy) = &shared.policy_header {
+            headers.append(RATELIMIT_POLICY, policy.clone());
+        }
+        if let Some(value) = self.ratelimit {
+            headers.append(RATELIMIT, value);
+        }
+        if let Some(decision) = &self.legacy {
+            response::legacy_fields(headers, decision);
+        }
     }
 }
