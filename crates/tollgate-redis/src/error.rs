@@ -19,7 +19,7 @@ pub enum RedisError {
     /// The stack of checks is invalid (empty, too long, a key twice).
     #[error(transparent)]
     Check(#[from] CheckError),
-    /// A policy whose durations are too long for exact arithmetic in Redis scripts.
+    /// A policy whose durations are too long for exact arithmetic in Redis Lua.
     #[error(
         "policy with period {period} ns and burst tolerance {tolerance} ns is too long for the redis store: \
          the period, and for token_bucket, gcra and leaky_bucket the burst tolerance B*T, \
@@ -40,7 +40,7 @@ pub enum RedisError {
     /// Redis could not be reached, or the connection broke (transient).
     #[error("redis is unavailable: {0}")]
     Unavailable(#[source] redis::RedisError),
-    /// Redis answered with an error, for example a script error (not transient).
+    /// Redis answered with an error, for example a Lua error (not transient).
     #[error("redis answered with an error: {0}")]
     Server(#[source] redis::RedisError),
     /// Redis answered something the store does not understand (a bug or a foreign

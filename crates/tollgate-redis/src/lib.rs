@@ -2,8 +2,9 @@
 //!
 //! [`RedisStore`] implements [`tollgate::Store`]: many processes on many machines
 //! share one limit through Redis. Each decision is one round trip running one Lua
-//! script that reads Redis `TIME`, decides every policy of a stack all or nothing,
-//! and writes the new states with a time-to-live. There is no refill thread: the
+//! function (a Redis Functions library the store loads itself; Redis 7 or later)
+//! that reads Redis `TIME`, decides every policy of a stack all or nothing, and
+//! writes the new states with a time-to-live. There is no refill thread: the
 //! algorithms compute refills from the time.
 //!
 //! ```no_run

@@ -18,17 +18,26 @@ use crate::error::RedisError;
 use crate::keys::{KeyPair, keys};
 use crate::url::{Target, parse};
 
-/// The decision script (see `lua/decide.lua` for its contract).
-const SCRIPT: &str = include_str!("../lua/decide.lua");
+/// The decision function's library (see `lua/tollgate.lua` for its contract), with
+/// `__NAME__` where its name goes.
+const LIBRARY: &str = include_str!("../lua/tollgate.lua");
+
+/// The library's name, `tollgate_` and a hash of its text, and its text.
+fn library() -> (String, String) {
+    let hash = redis::Script::new(LIBRARY).get_hash().to_owned();
+    let name = format!("tollgate_{}", &hash[..16]);
+    let code = LIBRARY.replace("__NAME__", &name);
+    (name, code)
+}
 
 /// The longest period and burst tolerance the store accepts: 2^52 ns, about 52 days.
 ///
-/// Lua numbers are doubles, exact for integers below 2^53; the script keeps instants
+/// Lua numbers are doubles, exact for integers below 2^53; the function keeps instants
 /// as seconds and nanoseconds and computes large products exactly, but needs every
 /// duration to stay below this bound.
 pub const MAX_DURATION: Nanos = Nanos::new(1 << 52);
 
-/// Replies per check in the script's answer.
+/// Replies per check in the function's answer.
 const FIELDS: usize = 8;
 
 /// The default key prefix.
@@ -149,10 +158,10 @@ impl RedisStoreBuilder {
                 Conns::Single(all)
             }
             Target::Cluster(nodes) => {
-                // No retries inside the client: it would resend a script whose
-                // connection broke mid-call, and the script may have run. The store
-                // retries only the answers that prove a script did not run (MOVED,
-                // ASK, TRYAGAIN, CLUSTERDOWN, LOADING, NOSCRIPT).
+                // No retries inside the client: it would resend a call whose
+                // connection broke mid-call, and the call may have run. The store
+                // retries only the answers that prove a call did not run (MOVED,
+                // ASK, TRYAGAIN, CLUSTERDOWN, LOADING, "Function not found").
                 let mut builder = redis::cluster::ClusterClient::builder(nodes)
                     .retries(0)
                     .connection_timeout(wait)
@@ -175,7 +184,8 @@ impl RedisStoreBuilder {
         } else {
             0
         };
-        Ok(RedisStore {
+        let (function, code) = library();
+        let store = RedisStore {
             inner: Arc::new(Inner {
                 conns,
                 next: AtomicUsize::new(0),
@@ -183,9 +193,14 @@ impl RedisStoreBuilder {
                 timeout: self.timeout,
                 clock: self.clock,
                 least_ttl_ms,
-                sha: redis::Script::new(SCRIPT).get_hash().to_owned(),
+                function,
+                code,
             }),
-        })
+        };
+        tokio::time::timeout(wait, store.load())
+            .await
+            .map_err(|_| RedisError::Timeout(wait))??;
+        Ok(store)
     }
 }
 
@@ -222,12 +237,16 @@ struct Inner {
     timeout: Duration,
     clock: Option<Arc<dyn Clock>>,
     least_ttl_ms: u64,
-    sha: String,
+    /// The function's name (also its library's).
+    function: String,
+    /// The library's text, for FUNCTION LOAD.
+    code: String,
 }
 
 /// The Redis and Redis Cluster store.
 ///
-/// Every decision is one round trip running one script (`lua/decide.lua`) that
+/// Every decision is one round trip running one function (`lua/tollgate.lua`, a
+/// Redis Functions library the store loads itself) that
 /// reads the time with Redis `TIME`, decides every check of a stack, and writes the
 /// new states with a time-to-live, all atomically: however many processes share the
 /// Redis, exactly the limit gets through. The decisions are those of
@@ -235,7 +254,7 @@ struct Inner {
 ///
 /// Keys are built as `<prefix>{<client>}s:<policy>` from a check key
 /// `<policy>:<client>`, so a client's stacked policies share a cluster slot and are
-/// decided by one script. A stack whose keys fall in several slots of a cluster (a
+/// decided by one call. A stack whose keys fall in several slots of a cluster (a
 /// per-client policy with a global one) is decided one slot after another: when a
 /// later slot denies, what the earlier ones consumed is given back. That case is not
 /// atomic: between the calls, other requests see the earlier consumption.
@@ -274,7 +293,7 @@ impl Mode {
     }
 }
 
-/// One check's answer from the script, before the stack is put together.
+/// One check's answer from the function, before the stack is put together.
 #[derive(Clone, Copy)]
 struct Answer {
     decision: Decision,
@@ -282,7 +301,7 @@ struct Answer {
     view: (u64, Nanos),
 }
 
-/// An instant as the script holds it: Unix seconds and nanoseconds.
+/// An instant as the function holds it: Unix seconds and nanoseconds.
 #[derive(Clone, Copy, Debug)]
 struct Instant2(i64, i64);
 
@@ -451,7 +470,7 @@ impl RedisStore {
         Ok(Verdict::from_decisions(decisions))
     }
 
-    /// Runs the script once over the checks of one slot.
+    /// Calls the function once over the checks of one slot.
     async fn run(
         &self,
         mode: Mode,
@@ -461,59 +480,56 @@ impl RedisStore {
         checks: &[Check<'_>],
         keys: &[KeyPair],
     ) -> Result<(Instant2, SmallVec<[Answer; 4]>), RedisError> {
-        let build = |name: &str, body: &str| {
-            let mut cmd = redis::cmd(name);
-            cmd.arg(body).arg(group.len() * 2);
-            for &i in group {
-                cmd.arg(&keys[i].state).arg(&keys[i].log);
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(&self.inner.function).arg(group.len() * 2);
+        for &i in group {
+            cmd.arg(&keys[i].state).arg(&keys[i].log);
+        }
+        cmd.arg(mode.arg());
+        match (used, now) {
+            (Some(Instant2(s, n)), _) => {
+                cmd.arg(s).arg(n);
             }
-            cmd.arg(mode.arg());
-            match (used, now) {
-                (Some(Instant2(s, n)), _) => {
-                    cmd.arg(s).arg(n);
-                }
-                (None, Some(t)) => {
-                    cmd.arg(t.as_u64() / 1_000_000_000)
-                        .arg(t.as_u64() % 1_000_000_000);
-                }
-                (None, None) => {
-                    cmd.arg("").arg("");
-                }
+            (None, Some(t)) => {
+                cmd.arg(t.as_u64() / 1_000_000_000)
+                    .arg(t.as_u64() % 1_000_000_000);
             }
-            cmd.arg(self.inner.least_ttl_ms);
-            for &i in group {
-                let c = &checks[i];
-                let p = c.policy;
-                cmd.arg(letter(p.algorithm()))
-                    .arg(p.limit())
-                    .arg(p.period().as_u64())
-                    .arg(p.burst())
-                    .arg(p.emission_interval().as_u64())
-                    .arg(p.tolerance().as_u64())
-                    .arg(c.cost.get());
+            (None, None) => {
+                cmd.arg("").arg("");
             }
-            cmd
-        };
-        let mut cmd = build("EVALSHA", &self.inner.sha);
-        let mut loaded = false;
+        }
+        cmd.arg(self.inner.least_ttl_ms);
+        for &i in group {
+            let c = &checks[i];
+            let p = c.policy;
+            cmd.arg(letter(p.algorithm()))
+                .arg(p.limit())
+                .arg(p.period().as_u64())
+                .arg(p.burst())
+                .arg(p.emission_interval().as_u64())
+                .arg(p.tolerance().as_u64())
+                .arg(c.cost.get());
+        }
+        let mut loads = 0;
         let reply: Vec<i64> = loop {
             match self.query::<Vec<i64>>(&cmd).await {
                 Ok(reply) => break reply,
-                Err(RedisError::Server(e)) if e.code() == Some("NOSCRIPT") && !loaded => {
-                    // The script cache is empty (restart, failover, SCRIPT FLUSH):
-                    // NOSCRIPT proves nothing ran. EVAL runs and caches the script.
-                    loaded = true;
-                    cmd = build("EVAL", SCRIPT);
+                Err(RedisError::Server(e)) if missing_function(&e) && loads < 5 => {
+                    // The function is gone (restart, failover, FUNCTION FLUSH): the
+                    // error proves nothing ran. Load it and call again (a few times:
+                    // it may be flushed again in between).
+                    loads += 1;
+                    self.load().await?;
                 }
                 Err(RedisError::Server(e)) if not_run(&e) => {
-                    // The cluster is moving a slot or electing a master: the script
-                    // did not run. Try again until the timeout.
+                    // The cluster is moving a slot or electing a master: nothing ran.
+                    // Try again until the timeout.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Err(e) => return Err(e),
             }
         };
-        let bad = || RedisError::Reply(format!("script answered {} numbers", reply.len()));
+        let bad = || RedisError::Reply(format!("the function answered {} numbers", reply.len()));
         if reply.len() < 2 {
             return Err(bad());
         }
@@ -530,6 +546,21 @@ impl RedisStore {
             answers.push(answer(checks[i].policy, f)?);
         }
         Ok((at, answers))
+    }
+
+    /// Loads the decision function (every master of a cluster). Needs Redis 7.
+    async fn load(&self) -> Result<(), RedisError> {
+        let mut cmd = redis::cmd("FUNCTION");
+        cmd.arg("LOAD").arg("REPLACE").arg(&self.inner.code);
+        match self.query::<redis::Value>(&cmd).await {
+            Ok(_) => Ok(()),
+            Err(RedisError::Server(e)) if e.to_string().contains("unknown command") => {
+                Err(RedisError::Config(format!(
+                    "this Redis does not know FUNCTION LOAD: the store needs Redis 7 or later ({e})"
+                )))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Forgets `key`'s state.
@@ -597,6 +628,11 @@ fn answer(policy: &Policy, f: &[i64]) -> Result<Answer, RedisError> {
         },
         view: (n(6)?, Nanos::new(n(7)?)),
     })
+}
+
+/// The answer of FCALL when the library is not loaded.
+fn missing_function(e: &redis::RedisError) -> bool {
+    e.to_string().contains("Function not found")
 }
 
 /// Server answers that prove the command did not run.

@@ -1,0 +1,286 @@
+//! Redis throughput, measured in one run: tollgate's store at 64 checks in flight
+//! (one key, and 100,000 keys in random order) beside `redis-benchmark` running a
+//! minimal GCRA script (`benches/gcra_min.lua`: TIME, GET, SET PX) and tollgate's
+//! own script, and beside bare EVALSHA calls through redis-rs and fred (how the client
+//! crate was chosen). Only the ratios of one run mean anything.
+//!
+//! ```text
+//! cargo bench -p tollgate-redis --bench throughput
+//! ```
+//!
+//! Environment: `TOLLGATE_BENCH_REDIS_URL` (default `redis://127.0.0.1:6379`),
+//! `TOLLGATE_BENCH_N` checks per measurement (default 200000), `TOLLGATE_BENCH_ROUNDS`
+//! (default 3), `TOLLGATE_BENCH_CONNECTIONS` (default 2), `TOLLGATE_BENCH_WORKERS`
+//! (tokio worker threads, default 2).
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::prelude::{Builder, ClientLike, Config, LuaInterface};
+use tollgate::{Algorithm, Check, Policy, Store};
+use tollgate_redis::RedisStore;
+
+const IN_FLIGHT: usize = 64;
+const KEYS: usize = 100_000;
+
+const MIN_SCRIPT: &str = include_str!("gcra_min.lua");
+
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed | 1;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
+/// Runs redis-benchmark and returns its requests per second.
+fn redis_benchmark(host: &str, port: &str, n: usize, pipeline: usize, args: &[String]) -> f64 {
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-h",
+            host,
+            "-p",
+            port,
+            "-c",
+            &IN_FLIGHT.to_string(),
+            "-n",
+            &n.to_string(),
+        ])
+        .args([
+            "-P",
+            &pipeline.to_string(),
+            "-r",
+            &KEYS.to_string(),
+            "--csv",
+        ])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run redis-benchmark ({e}): install Redis's tools"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .last()
+        .and_then(|l| l.split(',').nth(1))
+        .and_then(|f| f.trim_matches('"').parse().ok())
+        .unwrap_or_else(|| panic!("unexpected redis-benchmark output: {text}"))
+}
+
+async fn store_rate(store: &RedisStore, keys: Arc<Vec<String>>, n: usize) -> f64 {
+    let policy =
+        Policy::new(Algorithm::Gcra, 1_000_000_000, Duration::from_secs(1)).expect("policy");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..IN_FLIGHT {
+        let store = store.clone();
+        let keys = keys.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = task;
+            for _ in 0..n / IN_FLIGHT {
+                let key = &keys[i % keys.len()];
+                store
+                    .check(&[Check::new(key, &policy)])
+                    .await
+                    .expect("check");
+                i += IN_FLIGHT;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    (n / IN_FLIGHT * IN_FLIGHT) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Bare EVALSHA of the minimal script through redis-rs's multiplexed connection.
+async fn redis_rs_rate(
+    conn: &redis::aio::ConnectionManager,
+    sha: &str,
+    keys: Arc<Vec<String>>,
+    n: usize,
+) -> f64 {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..IN_FLIGHT {
+        let mut conn = conn.clone();
+        let keys = keys.clone();
+        let sha = sha.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut i = task;
+            for _ in 0..n / IN_FLIGHT {
+                let _: i64 = redis::cmd("EVALSHA")
+                    .arg(&sha)
+                    .arg(1)
+                    .arg(&keys[i % keys.len()])
+                    .arg(1)
+                    .arg(1_000_000)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("EVALSHA");
+                i += IN_FLIGHT;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    (n / IN_FLIGHT * IN_FLIGHT) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The same through fred.
+async fn fred_rate(
+    client: &fred::clients::Client,
+    sha: &str,
+    keys: Arc<Vec<String>>,
+    n: usize,
+) -> f64 {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..IN_FLIGHT {
+        let client = client.clone();
+        let keys = keys.clone();
+        let sha = sha.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut i = task;
+            for _ in 0..n / IN_FLIGHT {
+                let _: i64 = client
+                    .evalsha(
+                        sha.as_str(),
+                        vec![keys[i % keys.len()].clone()],
+                        vec![1_i64, 1_000_000],
+                    )
+                    .await
+                    .expect("EVALSHA");
+                i += IN_FLIGHT;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    (n / IN_FLIGHT * IN_FLIGHT) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The name of the `tollgate_…` library in a FUNCTION LIST answer.
+fn function_name(libraries: &[redis::Value]) -> String {
+    let text = format!("{libraries:?}");
+    let start = text
+        .find("tollgate_")
+        .expect("the store's library is loaded");
+    text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing useful: run
+    // only when asked to bench.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let url: String = env(
+        "TOLLGATE_BENCH_REDIS_URL",
+        "redis://127.0.0.1:6379".to_owned(),
+    );
+    let n: usize = env("TOLLGATE_BENCH_N", 200_000);
+    let rounds: usize = env("TOLLGATE_BENCH_ROUNDS", 3);
+    let connections: usize = env("TOLLGATE_BENCH_CONNECTIONS", 2);
+    let hostport = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or("127.0.0.1:6379");
+    let (host, port) = hostport.split_once(':').unwrap_or((hostport, "6379"));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = redis::Client::open(url.as_str()).expect("url");
+        let conn = client.get_connection_manager().await.expect("a Redis to bench against");
+        let mut load = conn.clone();
+        let min_sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(MIN_SCRIPT).query_async(&mut load).await.expect("SCRIPT LOAD");
+        let fred = Builder::from_config(Config::from_url(&url).expect("url")).build().expect("fred client");
+        fred.init().await.expect("fred connects");
+        let store = RedisStore::builder(url.clone())
+            .key_prefix("tgbench:")
+            .timeout(Duration::from_secs(10))
+            .connections(connections)
+            .connect()
+            .await
+            .expect("store");
+        // The store loaded its function library; its name is the function's.
+        let libraries: Vec<redis::Value> = redis::cmd("FUNCTION").arg("LIST").arg("LIBRARYNAME").arg("tollgate_*").query_async(&mut load).await.expect("FUNCTION LIST");
+        let tg_function = function_name(&libraries);
+
+        let mut next = xorshift(0xbe_0c4);
+        let many: Arc<Vec<String>> = Arc::new((0..KEYS).map(|_| format!("g:{}", next() % 1_000_000_000)).collect());
+        let raw_many: Arc<Vec<String>> = Arc::new((0..KEYS).map(|_| format!("tgbench:raw:{}", next() % 1_000_000_000)).collect());
+        let one: Arc<Vec<String>> = Arc::new(vec!["g:hot".to_owned()]);
+
+        let rb = |pipeline: usize, sha: &str, tollgate: bool, many: bool| {
+            let key = |kind: &str| {
+                if many { format!("tgbench:{{__rand_int__}}{kind}:g") } else { format!("tgbench:{{hot}}{kind}:g") }
+            };
+            let args: Vec<String> = if tollgate {
+                let mut a = vec!["FCALL".to_owned(), sha.to_owned(), "2".to_owned(), key("s"), key("l")];
+                a.extend(["c", "", "", "0", "g", "1000000000", "1000000000", "1000000000", "1", "1000000000", "1"].map(String::from));
+                a
+            } else {
+                vec!["EVALSHA".to_owned(), sha.to_owned(), "1".to_owned(), key("s"), "1".to_owned(), "1000000".to_owned()]
+            };
+            redis_benchmark(host, port, n, pipeline, &args)
+        };
+
+        let names = [
+            "redis-benchmark, minimal gcra script, -P 16, 100k keys",
+            "redis-benchmark, minimal gcra script, -P 1, 100k keys",
+            "redis-benchmark, tollgate's script, -P 16, 100k keys",
+            "redis-benchmark, minimal gcra script, -P 16, one key",
+            "tollgate store, 64 in flight, 100k keys",
+            "tollgate store, 64 in flight, one key",
+            "redis-rs EVALSHA minimal script, 64 in flight, 100k keys",
+            "fred EVALSHA minimal script, 64 in flight, 100k keys",
+        ];
+        let mut results: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+        for round in 0..rounds {
+            eprintln!("round {}/{rounds}", round + 1);
+            results[0].push(rb(16, &min_sha, false, true));
+            results[1].push(rb(1, &min_sha, false, true));
+            results[2].push(rb(16, &tg_function, true, true));
+            results[3].push(rb(16, &min_sha, false, false));
+            results[4].push(store_rate(&store, many.clone(), n).await);
+            results[5].push(store_rate(&store, one.clone(), n).await);
+            results[6].push(redis_rs_rate(&conn, &min_sha, raw_many.clone(), n).await);
+            results[7].push(fred_rate(&fred, &min_sha, raw_many.clone(), n).await);
+        }
+        let m: Vec<f64> = results.iter_mut().map(|r| median(r)).collect();
+        println!("median of {rounds} rounds, {n} calls each, {IN_FLIGHT} in flight ({connections} store connections)");
+        for (name, rate) in names.iter().zip(&m) {
+            println!("{rate:>12.0} /s  {name}");
+        }
+        println!();
+        println!("ratios (same run):");
+        println!("  store 100k keys / redis-benchmark minimal -P 16:       {:.2}", m[4] / m[0]);
+        println!("  store 100k keys / redis-benchmark minimal -P 1:        {:.2}", m[4] / m[1]);
+        println!("  store 100k keys / redis-benchmark tollgate's -P 16:    {:.2}", m[4] / m[2]);
+        println!("  store one key   / redis-benchmark minimal one key -P 16: {:.2}", m[5] / m[3]);
+        println!("  redis-rs / fred (bare EVALSHA):                        {:.2}", m[6] / m[7]);
+        let _ = fred.quit().await;
+    });
+}

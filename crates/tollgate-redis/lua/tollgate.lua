@@ -1,0 +1,552 @@
+#!lua name=__NAME__
+-- tollgate: decide a stack of checks atomically (check, peek or give back).
+--
+-- A Redis Functions library: loaded once (FUNCTION LOAD), called with FCALL. Its
+-- name carries a hash of this file (the store puts it in place of __NAME__), so
+-- processes running different tollgate versions never call each other's code.
+--
+-- Why server-side code: reading the time, reading each key's state, deciding all or
+-- nothing and writing the new states must happen with nothing in between, or
+-- concurrent callers see the same state and all get through. Redis runs a function
+-- atomically.
+--
+-- FCALL __NAME__ numkeys KEYS... ARGV...
+-- KEYS: two per check, in the order of the checks: the state key, then the log key
+--   (used by sliding_window_log only; declared always so a cluster sees every key
+--   the call may touch; both carry the same hash tag).
+-- ARGV[1]: mode: "c" decide and consume, "p" decide without consuming,
+--   "g" give back what a "c" call at the instant ARGV[2], ARGV[3] consumed.
+-- ARGV[2], ARGV[3]: the instant as Unix seconds and nanoseconds; ARGV[2] empty means
+--   "read Redis TIME".
+-- ARGV[4]: the least TTL in milliseconds for written keys (0 under Redis TIME; the
+--   caller-clock mode sets it so that keys do not expire on the wall clock while a
+--   trace still needs them).
+-- ARGV[5 + 7(i-1) ...]: per check: algorithm letter (t token_bucket, g gcra,
+--   k leaky_bucket, f fixed_window, c sliding_window_counter, l sliding_window_log),
+--   L, W, B, T, tau (nanoseconds), cost.
+--
+-- Returns: { seconds, nanoseconds of the instant used, then per check: allowed (0/1),
+--   remaining, reset_after, retry_after (-1 for none), delay, reason (0 none,
+--   1 limited, 2 cost_exceeds_capacity), and what the key holds at that instant
+--   without this request: remaining, reset_after }. Durations are integer
+--   nanoseconds. Mode "g" returns only the instant. A policy that would have
+--   admitted in a denied stack reports what it holds (the last two numbers): the
+--   caller picks them, since a stack split over cluster slots is decided by several
+--   calls.
+--
+-- Numbers: Lua numbers are doubles, exact for integers below 2^53. Instants (about
+-- 1.8e18 ns) are therefore held as two numbers, seconds and nanoseconds; durations are
+-- at most 2^52 ns (the store refuses longer policies), and every product that can pass
+-- 2^53 is computed by the exact helpers below. Numbers are written into state strings
+-- with `..`, exact for integers below 1e14 (seconds, nanoseconds and counts are). The
+-- decisions equal the Rust functions of the tollgate crate bit for bit.
+--
+-- State strings: "b s n" (the bucket family's TAT), "f count s n" (fixed_window; the
+-- instant is the last admission), "c prev curr s n" (sliding_window_counter),
+-- "l total s n" (sliding_window_log; entries "s n c" in the log key, oldest first).
+-- A state of another family reads as fresh.
+
+local E9 = 1000000000
+local BIG = 9007199254740992 -- 2^53
+
+-- math.floor(a / b) for integers |a| < 2^53, 0 < b < 2^53.
+local function fdiv(a, b)
+  local q = math.floor(a / b)
+  local r = a - q * b
+  if r < 0 then
+    q = q - 1
+  elseif r >= b then
+    q = q + 1
+  end
+  return q
+end
+
+local function fmod(a, b)
+  return a - fdiv(a, b) * b
+end
+
+-- math.floor(a * x / w) and (a * x) mod w, for 0 <= a < 2^32 and 0 <= x < w <= 2^52.
+local function muldivmod(a, x, w)
+  local p = a * x
+  if p < BIG then
+    local q = fdiv(p, w)
+    return q, p - q * w
+  end
+  local q, r = 0, 0
+  local bit = 2147483648
+  while bit >= 1 do
+    q = q * 2
+    r = r * 2
+    if r >= w then
+      r = r - w
+      q = q + 1
+    end
+    if a >= bit then
+      a = a - bit
+      r = r + x
+      if r >= w then
+        r = r - w
+        q = q + 1
+      end
+    end
+    bit = bit / 2
+  end
+  return q, r
+end
+
+-- math.floor(b * w / a) for 0 <= b < 2^32, 0 < a < 2^32, w <= 2^52; BIG or more when the
+-- answer is not below 2^53 (callers compare it with numbers below 2^53).
+local function muldiv_small(b, w, a)
+  local qa = fdiv(w, a)
+  local hi = b * qa
+  if hi >= BIG then
+    return BIG
+  end
+  local q = muldivmod(b, w - qa * a, a)
+  return hi + q
+end
+
+-- Instants: s seconds and n nanoseconds, 0 <= n < 1e9.
+local function add(s, n, d)
+  local m = n + d
+  if m >= 0 and m < E9 then
+    return s, m
+  end
+  local q = fdiv(m, E9)
+  return s + q, m - q * E9
+end
+
+local function later(as, an, bs, bn)
+  return as > bs or (as == bs and an > bn)
+end
+
+-- a - b in nanoseconds; exact whenever the answer is below 2^53 in magnitude.
+local function diff(as, an, bs, bn)
+  return (as - bs) * E9 + (an - bn)
+end
+
+-- (s * 1e9 + n) mod w.
+local function imod(s, n, w)
+  local r
+  if fmod(E9, w) == 0 then
+    r = 0
+  elseif fmod(w, E9) == 0 then
+    r = fmod(s, w / E9) * E9
+  else
+    local _, m = muldivmod(E9, fmod(s, w), w)
+    r = m
+  end
+  return fmod(r + n, w)
+end
+
+-- The start of the window holding the instant.
+local function window(s, n, w)
+  return add(s, n, -imod(s, n, w))
+end
+
+local function ttl_ms(ns, least)
+  local ms = fdiv(ns + 999999, 1000000) + 1
+  if ms < least then
+    ms = least
+  end
+  return ms
+end
+
+-- Each algorithm answers: allowed, remaining, reset_after, retry_after, delay,
+-- reason, the view (remaining, reset_after without this request), and on admission
+-- the state to write, its TTL in nanoseconds and, for the log, what to do to the
+-- entries.
+
+local function bucket(raw, ts, tn, T, tau, B, c, leaky)
+  local ss, sn, wait = ts, tn, 0
+  if raw then
+    local s, n = string.match(raw, "^b (%d+) (%d+)$")
+    if s then
+      s, n = tonumber(s), tonumber(n)
+      if later(s, n, ts, tn) then
+        ss, sn = s, n
+        wait = diff(s, n, ts, tn)
+      end
+    end
+  end
+  local room = tau - wait
+  if room < 0 then
+    room = 0
+  end
+  local vrem = fdiv(room, T)
+  if c > B then
+    return 0, vrem, wait, -1, 0, 2, vrem, wait
+  end
+  local ahead = wait + c * T
+  if ahead <= tau then
+    local delay = 0
+    if leaky then
+      delay = wait
+    end
+    local ns, nn = add(ss, sn, c * T)
+    return 1, fdiv(tau - ahead, T), ahead, -1, delay, 0, vrem, wait, "b " .. ns .. " " .. nn, ahead
+  end
+  local rem = 0
+  if room >= T then
+    rem = vrem
+  end
+  return 0, rem, wait, ahead - tau, 0, 1, vrem, wait
+end
+
+local function fixed(raw, ts, tn, L, W, c)
+  local count, ls, ln = 0, nil, nil
+  if raw then
+    local k, s, n = string.match(raw, "^f (%d+) (%d+) (%d+)$")
+    if k then
+      count, ls, ln = tonumber(k), tonumber(s), tonumber(n)
+      if later(ls, ln, ts, tn) then
+        ts, tn = ls, ln
+      end
+    end
+  end
+  local e = imod(ts, tn, W)
+  if ls then
+    local ks, kn = add(ts, tn, -e)
+    local ws, wn = window(ls, ln, W)
+    if ks ~= ws or kn ~= wn then
+      count = 0
+    end
+  end
+  local reset = W - e
+  local vrem = L - count
+  if vrem < 0 then
+    vrem = 0
+  end
+  if c > L then
+    return 0, vrem, reset, -1, 0, 2, vrem, reset
+  end
+  if count + c <= L then
+    return 1, L - count - c, reset, -1, 0, 0, vrem, reset, "f " .. (count + c) .. " " .. ts .. " " .. tn, reset
+  end
+  return 0, vrem, reset, reset, 0, 1, vrem, reset
+end
+
+local function counter(raw, ts, tn, L, W, c)
+  local prev, curr, ls, ln = 0, 0, nil, nil
+  if raw then
+    local p, q, s, n = string.match(raw, "^c (%d+) (%d+) (%d+) (%d+)$")
+    if p then
+      ls, ln = tonumber(s), tonumber(n)
+      if later(ls, ln, ts, tn) then
+        ts, tn = ls, ln
+      end
+      prev, curr = tonumber(p), tonumber(q)
+    end
+  end
+  local e = imod(ts, tn, W)
+  if ls then
+    local ks, kn = add(ts, tn, -e)
+    local ws, wn = window(ls, ln, W)
+    local d = diff(ks, kn, ws, wn)
+    if d == W then
+      prev, curr = curr, 0
+    elseif d ~= 0 then
+      prev, curr = 0, 0
+    end
+  end
+  local gone = muldivmod(prev, e, W)
+  local function remaining(cu)
+    local r = L - cu - (prev - gone)
+    if r < 0 then
+      return 0
+    end
+    return r
+  end
+  local function reset(cu)
+    if cu > 0 then
+      return 2 * W - e
+    elseif prev > 0 then
+      return W - e
+    end
+    return 0
+  end
+  local vrem, vreset = remaining(curr), reset(curr)
+  if c > L then
+    return 0, vrem, vreset, -1, 0, 2, vrem, vreset
+  end
+  local r = L - curr - c
+  if r >= 0 and (prev == 0 or W - e <= muldiv_small(r, W, prev)) then
+    local cu = curr + c
+    return 1, remaining(cu), reset(cu), -1, 0, 0, vrem, vreset,
+      "c " .. prev .. " " .. cu .. " " .. ts .. " " .. tn, 2 * W - e
+  end
+  local retry = nil
+  if r >= 0 then
+    if prev == 0 then
+      retry = 0
+    else
+      local x = W - e
+      local d = x - muldiv_small(r, W, prev)
+      if d < 0 then
+        d = 0
+      end
+      if d < x then
+        retry = d
+      end
+    end
+  end
+  if not retry then
+    local to_next = W - e
+    if curr == 0 then
+      retry = to_next
+    else
+      local e_next = W - muldiv_small(L - c, W, curr)
+      if e_next < 0 then
+        e_next = 0
+      end
+      if e_next < W then
+        retry = to_next + e_next
+      else
+        retry = to_next + W
+      end
+    end
+  end
+  return 0, vrem, vreset, retry, 0, 1, vrem, vreset
+end
+
+local function entry(raw)
+  local s, n, c = string.match(raw, "^(%d+) (%d+) (%d+)$")
+  return tonumber(s), tonumber(n), tonumber(c)
+end
+
+-- Calls f(s, n, c) for the log's entries from index `from` (0-based), oldest first,
+-- until f returns true.
+local function walk(lkey, from, f)
+  local i = from
+  while true do
+    local batch = redis.call("LRANGE", lkey, i, i + 31)
+    for _, raw in ipairs(batch) do
+      local s, n, c = entry(raw)
+      if f(s, n, c) then
+        return
+      end
+    end
+    if #batch < 32 then
+      return
+    end
+    i = i + 32
+  end
+end
+
+local function log(raw, ts, tn, L, W, c, lkey)
+  local total, dead, ndead, reset = 0, 0, 0, 0
+  local ls, ln
+  if raw then
+    local k, s, n = string.match(raw, "^l (%d+) (%d+) (%d+)$")
+    if k then
+      total, ls, ln = tonumber(k), tonumber(s), tonumber(n)
+      if later(ls, ln, ts, tn) then
+        ts, tn = ls, ln
+      end
+    end
+  end
+  if total > 0 then
+    reset = diff(ls, ln, ts, tn) + W
+    if reset < 0 then
+      reset = 0
+    end
+    walk(lkey, 0, function(s, n, n_c)
+      if diff(ts, tn, s, n) >= W then
+        dead = dead + n_c
+        ndead = ndead + 1
+        return false
+      end
+      return true
+    end)
+  end
+  local used = total - dead
+  local vrem = L - used
+  if vrem < 0 then
+    vrem = 0
+  end
+  if c > L then
+    return 0, vrem, reset, -1, 0, 2, vrem, reset
+  end
+  if used + c <= L then
+    local todo = {
+      fresh = not ls,
+      ndead = ndead,
+      merge = ls and ls == ts and ln == tn and used > 0,
+      s = ts,
+      n = tn,
+      c = c,
+    }
+    return 1, L - used - c, W, -1, 0, 0, vrem, reset, "l " .. (used + c) .. " " .. ts .. " " .. tn, W, todo
+  end
+  local need = used + c - L
+  local sum, retry = 0, 0
+  local skip = ndead
+  walk(lkey, 0, function(s, n, n_c)
+    if skip > 0 then
+      skip = skip - 1
+      return false
+    end
+    sum = sum + n_c
+    if sum >= need then
+      retry = diff(s, n, ts, tn) + W
+      return true
+    end
+    return false
+  end)
+  return 0, vrem, reset, retry, 0, 1, vrem, reset
+end
+
+local function write_log(lkey, todo, ms)
+  if todo.fresh then
+    redis.call("DEL", lkey)
+  elseif todo.ndead > 0 then
+    redis.call("LTRIM", lkey, todo.ndead, -1)
+  end
+  local s, n, n_c
+  if todo.merge then
+    -- The newest entry is at this instant unless a give-back removed it.
+    s, n, n_c = entry(redis.call("LINDEX", lkey, -1))
+  end
+  if s == todo.s and n == todo.n then
+    redis.call("LSET", lkey, -1, s .. " " .. n .. " " .. (n_c + todo.c))
+  else
+    redis.call("RPUSH", lkey, todo.s .. " " .. todo.n .. " " .. todo.c)
+  end
+  redis.call("PEXPIRE", lkey, ms)
+end
+
+local function give_back(alg, skey, lkey, ts, tn, W, T, c)
+  local raw = redis.call("GET", skey)
+  if not raw then
+    return
+  end
+  if alg == "t" or alg == "g" or alg == "k" then
+    local s, n = string.match(raw, "^b (%d+) (%d+)$")
+    if s then
+      s, n = add(tonumber(s), tonumber(n), -c * T)
+      redis.call("SET", skey, "b " .. s .. " " .. n, "KEEPTTL")
+    end
+  elseif alg == "f" then
+    local k, s, n = string.match(raw, "^f (%d+) (%d+) (%d+)$")
+    if k then
+      local ks, kn = window(ts, tn, W)
+      local ls, ln = window(tonumber(s), tonumber(n), W)
+      if ks == ls and kn == ln then
+        redis.call("SET", skey, "f " .. math.max(tonumber(k) - c, 0) .. " " .. s .. " " .. n, "KEEPTTL")
+      end
+    end
+  elseif alg == "c" then
+    local p, q, s, n = string.match(raw, "^c (%d+) (%d+) (%d+) (%d+)$")
+    if p then
+      local ks, kn = window(ts, tn, W)
+      local ls, ln = window(tonumber(s), tonumber(n), W)
+      local d = diff(ls, ln, ks, kn)
+      local prev, curr = tonumber(p), tonumber(q)
+      if d == 0 then
+        curr = math.max(curr - c, 0)
+      elseif d == W then
+        prev = math.max(prev - c, 0)
+      else
+        return
+      end
+      redis.call("SET", skey, "c " .. prev .. " " .. curr .. " " .. s .. " " .. n, "KEEPTTL")
+    end
+  else
+    local k = string.match(raw, "^l (%d+) %d+ %d+$")
+    if not k then
+      return
+    end
+    local len = redis.call("LLEN", lkey)
+    for i = len - 1, 0, -1 do
+      local e = redis.call("LINDEX", lkey, i)
+      local s, n, n_c = entry(e)
+      if s == ts and n == tn then
+        if n_c > c then
+          redis.call("LSET", lkey, i, s .. " " .. n .. " " .. (n_c - c))
+        else
+          redis.call("LREM", lkey, 1, e)
+        end
+        -- The state's instant is the newest admission still in the log, as if the
+        -- given-back one had never been.
+        local total = math.max(tonumber(k) - math.min(c, n_c), 0)
+        local tail = redis.call("LINDEX", lkey, -1)
+        local ls, ln = ts, tn
+        if tail then
+          ls, ln = entry(tail)
+        end
+        redis.call("SET", skey, "l " .. total .. " " .. ls .. " " .. ln, "KEEPTTL")
+        return
+      end
+      if later(ts, tn, s, n) then
+        return
+      end
+    end
+  end
+end
+
+local function decide(keys, args)
+  local mode = args[1]
+  local ts, tn
+  if args[2] == "" then
+    local now = redis.call("TIME")
+    ts, tn = tonumber(now[1]), tonumber(now[2]) * 1000
+  else
+    ts, tn = tonumber(args[2]), tonumber(args[3])
+  end
+  local least = tonumber(args[4])
+  local n = (#args - 4) / 7
+
+  if mode == "g" then
+    for i = 1, n do
+      local b = 4 + 7 * (i - 1)
+      give_back(args[b + 1], keys[2 * i - 1], keys[2 * i], ts, tn,
+        tonumber(args[b + 3]), tonumber(args[b + 5]), tonumber(args[b + 7]))
+    end
+    return { ts, tn }
+  end
+
+  local out = { ts, tn }
+  local writes = {}
+  local all = true
+  local o = 2
+  for i = 1, n do
+    local b = 4 + 7 * (i - 1)
+    local alg = args[b + 1]
+    local L, W = tonumber(args[b + 2]), tonumber(args[b + 3])
+    local c = tonumber(args[b + 7])
+    local raw = redis.call("GET", keys[2 * i - 1])
+    local a, rem, reset, retry, delay, reason, vrem, vreset, state, ttl, todo
+    if alg == "f" then
+      a, rem, reset, retry, delay, reason, vrem, vreset, state, ttl = fixed(raw, ts, tn, L, W, c)
+    elseif alg == "c" then
+      a, rem, reset, retry, delay, reason, vrem, vreset, state, ttl = counter(raw, ts, tn, L, W, c)
+    elseif alg == "l" then
+      a, rem, reset, retry, delay, reason, vrem, vreset, state, ttl, todo =
+        log(raw, ts, tn, L, W, c, keys[2 * i])
+    else
+      a, rem, reset, retry, delay, reason, vrem, vreset, state, ttl = bucket(raw, ts, tn,
+        tonumber(args[b + 5]), tonumber(args[b + 6]), tonumber(args[b + 4]), c, alg == "k")
+    end
+    out[o + 1], out[o + 2], out[o + 3], out[o + 4] = a, rem, reset, retry
+    out[o + 5], out[o + 6], out[o + 7], out[o + 8] = delay, reason, vrem, vreset
+    o = o + 8
+    if a == 0 then
+      all = false
+    end
+    writes[3 * i - 2], writes[3 * i - 1], writes[3 * i] = state, ttl, todo or false
+  end
+
+  if all and mode == "c" then
+    for i = 1, n do
+      local ms = ttl_ms(writes[3 * i - 1], least)
+      local todo = writes[3 * i]
+      if todo then
+        write_log(keys[2 * i], todo, ms)
+      end
+      redis.call("SET", keys[2 * i - 1], writes[3 * i - 2], "PX", ms)
+    end
+  end
+  return out
+end
+
+redis.register_function("__NAME__", decide)
