@@ -135,6 +135,63 @@ async fn redis_rs_rate(
     (n / IN_FLIGHT * IN_FLIGHT) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Bare FCALL of tollgate's function through redis-rs, with the command prebuilt
+/// the way the store builds it: what the store costs beyond the client crate.
+async fn redis_rs_fcall_rate(
+    conn: &redis::aio::ConnectionManager,
+    function: &str,
+    keys: Arc<Vec<String>>,
+    n: usize,
+) -> f64 {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..IN_FLIGHT {
+        let mut conn = conn.clone();
+        let keys = keys.clone();
+        let function = function.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut i = task;
+            for _ in 0..n / IN_FLIGHT {
+                let key = &keys[i % keys.len()];
+                let _: Vec<i64> = redis::cmd("FCALL")
+                    .arg(&function)
+                    .arg(2)
+                    .arg(format!("tgbench:{{{key}}}s:g"))
+                    .arg(format!("tgbench:{{{key}}}l:g"))
+                    .arg("c")
+                    .arg("")
+                    .arg("")
+                    .arg(0)
+                    .arg("g")
+                    .arg(1_000_000_000_u64)
+                    .arg(1_000_000_000_u64)
+                    .arg(1_000_000_000_u64)
+                    .arg(1)
+                    .arg(1_000_000_000_u64)
+                    .arg(1)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("FCALL");
+                i += IN_FLIGHT;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    (n / IN_FLIGHT * IN_FLIGHT) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// CPU time this process has used, in seconds (user + system), from /proc.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// The same through fred.
 async fn fred_rate(
     client: &fred::clients::Client,
@@ -256,7 +313,9 @@ fn main() {
             "tollgate store, 64 in flight, one key",
             "redis-rs EVALSHA minimal script, 64 in flight, 100k keys",
             "fred EVALSHA minimal script, 64 in flight, 100k keys",
+            "redis-rs FCALL tollgate's function, 64 in flight, 100k keys",
         ];
+        let mut cpu: Vec<f64> = vec![0.0; names.len()];
         let mut results: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
         for round in 0..rounds {
             eprintln!("round {}/{rounds}", round + 1);
@@ -264,15 +323,31 @@ fn main() {
             results[1].push(rb(1, &min_sha, false, true));
             results[2].push(rb(16, &tg_function, true, true));
             results[3].push(rb(16, &min_sha, false, false));
+            let c = cpu_seconds();
             results[4].push(store_rate(&store, many.clone(), n).await);
+            cpu[4] += cpu_seconds() - c;
+            let c = cpu_seconds();
             results[5].push(store_rate(&store, one.clone(), n).await);
+            cpu[5] += cpu_seconds() - c;
+            let c = cpu_seconds();
             results[6].push(redis_rs_rate(&conn, &min_sha, raw_many.clone(), n).await);
+            cpu[6] += cpu_seconds() - c;
+            let c = cpu_seconds();
             results[7].push(fred_rate(&fred, &min_sha, raw_many.clone(), n).await);
+            cpu[7] += cpu_seconds() - c;
+            let c = cpu_seconds();
+            results[8].push(redis_rs_fcall_rate(&conn, &tg_function, many.clone(), n).await);
+            cpu[8] += cpu_seconds() - c;
         }
         let m: Vec<f64> = results.iter_mut().map(|r| median(r)).collect();
         println!("median of {rounds} rounds, {n} calls each, {IN_FLIGHT} in flight ({connections} store connections)");
-        for (name, rate) in names.iter().zip(&m) {
-            println!("{rate:>12.0} /s  {name}");
+        for (i, (name, rate)) in names.iter().zip(&m).enumerate() {
+            if cpu[i] > 0.0 {
+                let per_call = cpu[i] / (rounds * n) as f64 * 1e6;
+                println!("{rate:>12.0} /s  {name}  (client CPU {per_call:.1} us per call)");
+            } else {
+                println!("{rate:>12.0} /s  {name}");
+            }
         }
         println!();
         println!("ratios (same run):");
@@ -280,6 +355,7 @@ fn main() {
         println!("  store 100k keys / redis-benchmark minimal -P 1:        {:.2}", m[4] / m[1]);
         println!("  store 100k keys / redis-benchmark tollgate's -P 16:    {:.2}", m[4] / m[2]);
         println!("  store one key   / redis-benchmark minimal one key -P 16: {:.2}", m[5] / m[3]);
+        println!("  store 100k keys / redis-rs bare FCALL of the same:     {:.2}", m[4] / m[8]);
         println!("  redis-rs / fred (bare EVALSHA):                        {:.2}", m[6] / m[7]);
         let _ = fred.quit().await;
     });

@@ -15,7 +15,8 @@
 --   (used by sliding_window_log only; declared always so a cluster sees every key
 --   the call may touch; both carry the same hash tag).
 -- ARGV[1]: mode: "c" decide and consume, "p" decide without consuming,
---   "g" give back what a "c" call at the instant ARGV[2], ARGV[3] consumed.
+--   "g" give back what a "c" call at the instant ARGV[2], ARGV[3] consumed;
+--   "s" and "q" are "c" and "p" for exactly one check, with the short reply.
 -- ARGV[2], ARGV[3]: the instant as Unix seconds and nanoseconds; ARGV[2] empty means
 --   "read Redis TIME".
 -- ARGV[4]: the least TTL in milliseconds for written keys (0 under Redis TIME; the
@@ -29,7 +30,8 @@
 --   remaining, reset_after, retry_after (-1 for none), delay, reason (0 none,
 --   1 limited, 2 cost_exceeds_capacity), and what the key holds at that instant
 --   without this request: remaining, reset_after }. Durations are integer
---   nanoseconds. Mode "g" returns only the instant. A policy that would have
+--   nanoseconds. Mode "g" returns only the instant; modes "s" and "q" only the six
+--   numbers of the decision. A policy that would have
 --   admitted in a denied stack reports what it holds (the last two numbers): the
 --   caller picks them, since a stack split over cluster slots is decided by several
 --   calls.
@@ -484,6 +486,24 @@ local function give_back(alg, skey, lkey, ts, tn, W, T, c)
   end
 end
 
+-- Decides check i (nothing written).
+local function one(keys, args, i, ts, tn)
+  local b = 4 + 7 * (i - 1)
+  local alg = args[b + 1]
+  local c = tonumber(args[b + 7])
+  local raw = redis.call("GET", keys[2 * i - 1])
+  if alg == "g" or alg == "t" or alg == "k" then
+    return bucket(raw, ts, tn, tonumber(args[b + 5]), tonumber(args[b + 6]), tonumber(args[b + 4]), c, alg == "k")
+  end
+  local L, W = tonumber(args[b + 2]), tonumber(args[b + 3])
+  if alg == "f" then
+    return fixed(raw, ts, tn, L, W, c)
+  elseif alg == "c" then
+    return counter(raw, ts, tn, L, W, c)
+  end
+  return log(raw, ts, tn, L, W, c, keys[2 * i])
+end
+
 local function decide(keys, args)
   local mode = args[1]
   local ts, tn
@@ -505,28 +525,26 @@ local function decide(keys, args)
     return { ts, tn }
   end
 
+  if mode == "s" or mode == "q" then
+    -- One check: the reply is only its decision (no instant, no view), the common
+    -- case kept lean.
+    local a, rem, reset, retry, delay, reason, _, _, state, ttl, todo = one(keys, args, 1, ts, tn)
+    if a == 1 and mode == "s" then
+      local ms = ttl_ms(ttl, least)
+      if todo then
+        write_log(keys[2], todo, ms)
+      end
+      redis.call("SET", keys[1], state, "PX", ms)
+    end
+    return { a, rem, reset, retry, delay, reason }
+  end
+
   local out = { ts, tn }
   local writes = {}
   local all = true
   local o = 2
   for i = 1, n do
-    local b = 4 + 7 * (i - 1)
-    local alg = args[b + 1]
-    local L, W = tonumber(args[b + 2]), tonumber(args[b + 3])
-    local c = tonumber(args[b + 7])
-    local raw = redis.call("GET", keys[2 * i - 1])
-    local a, rem, reset, retry, delay, reason, vrem, vreset, state, ttl, todo
-    if alg == "f" then
-      a, rem, reset, retry, delay, reason, vrem, vreset, state, ttl = fixed(raw, ts, tn, L, W, c)
-    elseif alg == "c" then
-      a, rem, reset, retry, delay, reason, vrem, vreset, state, ttl = counter(raw, ts, tn, L, W, c)
-    elseif alg == "l" then
-      a, rem, reset, retry, delay, reason, vrem, vreset, state, ttl, todo =
-        log(raw, ts, tn, L, W, c, keys[2 * i])
-    else
-      a, rem, reset, retry, delay, reason, vrem, vreset, state, ttl = bucket(raw, ts, tn,
-        tonumber(args[b + 5]), tonumber(args[b + 6]), tonumber(args[b + 4]), c, alg == "k")
-    end
+    local a, rem, reset, retry, delay, reason, vrem, vreset, state, ttl, todo = one(keys, args, i, ts, tn)
     out[o + 1], out[o + 2], out[o + 3], out[o + 4] = a, rem, reset, retry
     out[o + 5], out[o + 6], out[o + 7], out[o + 8] = delay, reason, vrem, vreset
     o = o + 8
