@@ -1,13 +1,16 @@
 //! The layer's cost per request in process, without sockets: an axum hello-world
 //! router called directly, with and without the layer, interleaved in rounds;
-//! prints nanoseconds per request and the median difference and ratio.
+//! prints the median nanoseconds per request and the difference to the plain
+//! router.
 //!
 //! ```text
 //! cargo bench -p tollgate-tower --bench inprocess
 //! ```
 //!
 //! The HTTP figure (`benches/wrk.sh`) is the one the issue asks for; this one
-//! isolates the layer from the network stack, to see where its time goes.
+//! isolates the layer from the network stack, with two references: a layer that
+//! does nothing (what axum's `Router::layer` itself costs) and the rate-limit
+//! layer over a store that admits without looking (the layer without the store).
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -18,7 +21,9 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
 use http::Request;
-use tollgate::{Algorithm, MemoryStore, Policy};
+use tollgate::{
+    Algorithm, Check, CheckError, Decision, MemoryStore, Nanos, Policy, Store, Verdict,
+};
 use tollgate_tower::{Key, RateLimitLayer};
 use tower::{Service, ServiceExt};
 
@@ -48,43 +53,90 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// A store that admits everything without keeping state.
+struct AdmitAll;
+
+impl Store for AdmitAll {
+    type Error = CheckError;
+
+    fn check(
+        &self,
+        checks: &[Check<'_>],
+    ) -> impl Future<Output = Result<Verdict, CheckError>> + Send {
+        let admit = Decision {
+            allowed: true,
+            limit: 1,
+            remaining: 1,
+            reset_after: Nanos::new(1),
+            retry_after: None,
+            delay: Nanos::ZERO,
+            reason: None,
+        };
+        let decisions = checks.iter().map(|_| admit).collect();
+        std::future::ready(Ok(Verdict::from_decisions(decisions)))
+    }
+
+    fn peek(
+        &self,
+        checks: &[Check<'_>],
+    ) -> impl Future<Output = Result<Verdict, CheckError>> + Send {
+        self.check(checks)
+    }
+
+    fn reset(&self, _: &str) -> impl Future<Output = Result<(), CheckError>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let plain = Router::new().route("/", get(|| async { "Hello, World!" }));
     let policy = Policy::new(Algorithm::Gcra, 1_000_000_000, Duration::from_secs(1))?;
-    let layer = RateLimitLayer::builder(MemoryStore::new())
-        .key(Key::header("x-key"))
-        .policy("bench", policy)
-        .build()?;
-    let layered = plain.clone().layer(layer);
+    let layer = |store| {
+        RateLimitLayer::builder(store)
+            .key(Key::header("x-key"))
+            .policy("bench", policy)
+            .build()
+    };
+    let layered = plain.clone().layer(layer(MemoryStore::new())?);
+    let noop = plain
+        .clone()
+        .layer(tower::util::MapRequestLayer::new(|r: Request<Body>| r));
+    let admit_all = plain.clone().layer(
+        RateLimitLayer::builder(AdmitAll)
+            .key(Key::header("x-key"))
+            .policy("bench", policy)
+            .build()?,
+    );
 
     let one = vec!["hot-key".to_owned()];
     // 100k keys in a fixed scrambled order (multiplication by an odd constant
-    // permutes 0..2^17; the first 100k of it are kept).
+    // permutes 0..2^17; the values below 100k are kept).
     let many: Vec<String> = (0u32..1 << 17)
         .map(|i| i.wrapping_mul(0x9E37_79B1) & ((1 << 17) - 1))
         .filter(|&i| i < 100_000)
         .map(|i| format!("key-{i}"))
         .collect();
 
-    let mut results: Vec<(&str, Vec<f64>)> =
-        vec![("plain", vec![]), ("one-key", vec![]), ("100k", vec![])];
+    let scenarios: [(&str, &Router, &[String]); 5] = [
+        ("plain", &plain, &one),
+        ("noop-layer", &noop, &one),
+        ("admit-all", &admit_all, &one),
+        ("one-key", &layered, &one),
+        ("100k-keys", &layered, &many),
+    ];
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len()];
     for _ in 0..ROUNDS {
-        results[0]
-            .1
-            .push(ns_per_request(&mut plain.clone(), &one).await);
-        results[1]
-            .1
-            .push(ns_per_request(&mut layered.clone(), &one).await);
-        results[2]
-            .1
-            .push(ns_per_request(&mut layered.clone(), &many).await);
+        for (i, (_, app, keys)) in scenarios.iter().enumerate() {
+            results[i].push(ns_per_request(&mut (*app).clone(), keys).await);
+        }
     }
-    let base = median(results[0].1.clone());
-    for (name, v) in &results {
-        let m = median(v.clone());
+    let base = median(results[0].clone());
+    println!("{REQUESTS} requests x {ROUNDS} rounds, median per scenario");
+    for ((name, _, _), v) in scenarios.iter().zip(results) {
+        let m = median(v);
         println!(
-            "{name:8} median {m:7.0} ns/request   +{:5.0} ns   x{:.3}",
+            "{name:10} {m:6.0} ns/request  {:+5.0} ns  x{:.3}",
             m - base,
             m / base
         );

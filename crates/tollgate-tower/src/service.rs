@@ -1,16 +1,17 @@
 //! [`RateLimit`]: the service that decides, delays, answers 429 or passes on.
 
 use std::fmt;
-use std::future::Future;
+use std::future::{Future, Ready};
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
+use pin_project_lite::pin_project;
 use smallvec::SmallVec;
 use tollgate::{Check, Decision, Nanos, Store, Verdict};
 use tower_service::Service;
@@ -26,9 +27,92 @@ use crate::response::{self, Denied, RATELIMIT, RATELIMIT_POLICY};
 /// accept it without conversion.
 pub type RateLimitBody<B> = Either<B, Full<Bytes>>;
 
-/// The future a [`RateLimit`] service returns.
-pub type ResponseFuture<B, E> =
+pin_project! {
+    /// The future a [`RateLimit`] service returns.
+    ///
+    /// When the store answers at once (the memory store always does), the decision
+    /// is made inside `call` and this future is the inner service's own future,
+    /// adding the fields when it completes: no boxing of the inner call and no
+    /// clone of the inner service. A store that must wait (a network round trip),
+    /// a `leaky_bucket` delay and `count_if` take a boxed path.
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        kind: Kind<F, B, E>,
+    }
+}
+
+type BoxedResponse<B, E> =
     Pin<Box<dyn Future<Output = Result<Response<RateLimitBody<B>>, E>> + Send + 'static>>;
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B, E> {
+        Inner {
+            #[pin]
+            future: F,
+            fields: Option<Fields>,
+        },
+        Ready {
+            ready: Ready<Result<Response<RateLimitBody<B>>, E>>,
+        },
+        Boxed {
+            future: BoxedResponse<B, E>,
+        },
+    }
+}
+
+impl<F, B, E> ResponseFuture<F, B, E> {
+    fn inner(future: F, fields: Option<Fields>) -> Self {
+        ResponseFuture {
+            kind: Kind::Inner { future, fields },
+        }
+    }
+
+    fn ready(response: Response<Full<Bytes>>) -> Self {
+        ResponseFuture {
+            kind: Kind::Ready {
+                ready: std::future::ready(Ok(own(response))),
+            },
+        }
+    }
+
+    fn boxed(
+        future: impl Future<Output = Result<Response<RateLimitBody<B>>, E>> + Send + 'static,
+    ) -> Self {
+        ResponseFuture {
+            kind: Kind::Boxed {
+                future: Box::pin(future),
+            },
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<RateLimitBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Inner { future, fields } => {
+                let mut response = ready!(future.poll(cx))?;
+                if let Some(fields) = fields.take() {
+                    fields.write(response.headers_mut());
+                }
+                Poll::Ready(Ok(response.map(Either::Left)))
+            }
+            KindProj::Ready { ready } => Pin::new(ready).poll(cx),
+            KindProj::Boxed { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResponseFuture")
+    }
+}
 
 /// Rate-limits the requests to `I` with the policies of a
 /// [`RateLimitLayer`](crate::RateLimitLayer).
@@ -92,33 +176,63 @@ where
 {
     type Response = Response<RateLimitBody<ResBody>>;
     type Error = I::Error;
-    type Future = ResponseFuture<ResBody, I::Error>;
+    type Future = ResponseFuture<I::Future, ResBody, I::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        // The instance that was polled ready serves this request; its clone stays.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
         let shared = Arc::clone(&self.shared);
-        // The keys and the cost are found here, before the future is made, so the
-        // future carries only what it needs across its awaits.
         let (parts, body) = req.into_parts();
         let prepared = match prepare(&shared, &parts) {
             Ok(prepared) => prepared,
             Err(detail) => {
-                let refusal = response::plain_problem(StatusCode::BAD_REQUEST, &detail);
-                return Box::pin(std::future::ready(Ok(own(refusal))));
+                return ResponseFuture::ready(response::plain_problem(
+                    StatusCode::BAD_REQUEST,
+                    &detail,
+                ));
             }
         };
         let req = Request::from_parts(parts, body);
         if shared.count_if.is_some() {
-            Box::pin(count_after(shared, inner, req, prepared))
-        } else {
-            Box::pin(count_before(shared, inner, req, prepared))
+            let inner = self.take_ready();
+            return ResponseFuture::boxed(count_after(shared, inner, req, prepared));
         }
+
+        // Ask the store, and look once whether it has answered already (the memory
+        // store always has; a networked store has not). Polling with a waker that
+        // does nothing is allowed: a pending future keeps the waker of its latest
+        // poll, which will be the response future's.
+        let mut decision: Pin<Box<dyn Future<Output = Decided> + Send>> =
+            Box::pin(decide_owned(Arc::clone(&shared), prepared));
+        let now = decision
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()));
+        match now {
+            Poll::Ready(Decided::Admit { fields, delay }) if delay == Nanos::ZERO => {
+                ResponseFuture::inner(self.inner.call(req), Some(fields))
+            }
+            Poll::Ready(Decided::Refuse(refusal)) => ResponseFuture::ready(refusal),
+            Poll::Ready(Decided::Pass) => ResponseFuture::inner(self.inner.call(req), None),
+            Poll::Ready(Decided::Admit { fields, delay }) => {
+                let inner = self.take_ready();
+                ResponseFuture::boxed(delayed(inner, req, fields, delay))
+            }
+            Poll::Pending => {
+                let inner = self.take_ready();
+                ResponseFuture::boxed(decided_later(decision, inner, req))
+            }
+        }
+    }
+}
+
+impl<S, I: Clone> RateLimit<S, I> {
+    /// The inner service that was polled ready, leaving a clone in its place, for
+    /// a response future that calls it later.
+    fn take_ready(&mut self) -> I {
+        let clone = self.inner.clone();
+        std::mem::replace(&mut self.inner, clone)
     }
 }
 
@@ -175,30 +289,48 @@ fn check_len(len: usize, max: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// The usual flow: decide and consume, wait out a `leaky_bucket` delay, call the
-/// inner service, add the fields.
-async fn count_before<S, I, ReqBody, ResBody>(
-    shared: Arc<Shared<S>>,
+async fn decide_owned<S: Store>(shared: Arc<Shared<S>>, prepared: Prepared) -> Decided {
+    decide(&shared, &prepared, true).await
+}
+
+/// Admitted with a `leaky_bucket` delay: wait it out, then call the inner service.
+async fn delayed<I, ReqBody, ResBody>(
     mut inner: I,
     req: Request<ReqBody>,
-    prepared: Prepared,
+    fields: Fields,
+    delay: Nanos,
 ) -> Result<Response<RateLimitBody<ResBody>>, I::Error>
 where
-    S: Store,
     I: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    let (fields, delay) = match decide(&shared, &prepared, true).await {
-        Decided::Admit(verdict) => (Fields::new(&shared, &verdict), verdict.decision.delay),
-        Decided::Refuse(response) => return Ok(own(response)),
-        Decided::Pass => return Ok(inner.call(req).await?.map(Either::Left)),
+    // A timer, not a thread: the task is parked until the queue's turn comes.
+    tokio::time::sleep(delay.into()).await;
+    let mut response = inner.call(req).await?;
+    fields.write(response.headers_mut());
+    Ok(response.map(Either::Left))
+}
+
+/// The store had not answered inside `call`: wait for it, then as `call` does.
+async fn decided_later<I, ReqBody, ResBody>(
+    decision: Pin<Box<dyn Future<Output = Decided> + Send>>,
+    mut inner: I,
+    req: Request<ReqBody>,
+) -> Result<Response<RateLimitBody<ResBody>>, I::Error>
+where
+    I: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    let (fields, delay) = match decision.await {
+        Decided::Admit { fields, delay } => (Some(fields), delay),
+        Decided::Refuse(refusal) => return Ok(own(refusal)),
+        Decided::Pass => (None, Nanos::ZERO),
     };
-    drop(prepared);
     if delay > Nanos::ZERO {
-        // A timer, not a thread: the task is parked until the queue's turn comes.
         tokio::time::sleep(delay.into()).await;
     }
     let mut response = inner.call(req).await?;
-    fields.write(&shared, response.headers_mut());
+    if let Some(fields) = fields {
+        fields.write(response.headers_mut());
+    }
     Ok(response.map(Either::Left))
 }
 
@@ -215,7 +347,7 @@ where
     I: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
     let uncounted_fields = match decide(&shared, &prepared, false).await {
-        Decided::Admit(verdict) => Fields::new(&shared, &uncounted(verdict, prepared.cost)),
+        Decided::Admit { fields, .. } => fields,
         Decided::Refuse(response) => return Ok(own(response)),
         Decided::Pass => return Ok(inner.call(req).await?.map(Either::Left)),
     };
@@ -225,7 +357,7 @@ where
         .as_ref()
         .is_some_and(|counts| counts(response.status()));
     if !counts {
-        uncounted_fields.write(&shared, response.headers_mut());
+        uncounted_fields.write(response.headers_mut());
         return Ok(response.map(Either::Left));
     }
     let checks = checks(&shared, &prepared, false);
@@ -237,7 +369,7 @@ where
         },
     };
     if let Some(verdict) = verdict {
-        Fields::new(&shared, &verdict).write(&shared, response.headers_mut());
+        Fields::new(&shared, &verdict).write(response.headers_mut());
     }
     Ok(response.map(Either::Left))
 }
@@ -247,7 +379,13 @@ where
 #[allow(clippy::large_enum_variant)]
 enum Decided {
     /// Every policy admits.
-    Admit(Verdict),
+    Admit {
+        /// The fields for the response. For a peek (`count_if`), what remains if
+        /// this request is not counted.
+        fields: Fields,
+        /// The `leaky_bucket` wait before the inner service is called.
+        delay: Nanos,
+    },
     /// A 429 or a 503, ready to send.
     Refuse(Response<Full<Bytes>>),
     /// The store failed and the mode is `allow`.
@@ -261,7 +399,7 @@ async fn decide<S: Store>(shared: &Shared<S>, prepared: &Prepared, consume: bool
     } else {
         shared.store.peek(&checks).await
     };
-    let verdict = match result {
+    let mut verdict = match result {
         Ok(verdict) => verdict,
         Err(error) => match fallback(shared, &error, prepared, consume) {
             Fallback::Decided(verdict) => verdict,
@@ -275,7 +413,13 @@ async fn decide<S: Store>(shared: &Shared<S>, prepared: &Prepared, consume: bool
         },
     };
     if verdict.allowed() {
-        Decided::Admit(verdict)
+        if !consume {
+            uncount(&mut verdict, prepared.cost);
+        }
+        Decided::Admit {
+            fields: Fields::new(shared, &verdict),
+            delay: verdict.decision.delay,
+        }
     } else {
         Decided::Refuse(denied(shared, &verdict, prepared.cost))
     }
@@ -339,7 +483,7 @@ fn fallback<S, E: std::error::Error>(
 /// remain had the request been counted; nothing was, so each policy holds `cost`
 /// more (exact for every algorithm: `remaining` falls by exactly the cost on an
 /// admission). `reset_after` stays the peek's, an upper bound.
-fn uncounted(mut verdict: Verdict, cost: NonZeroU32) -> Verdict {
+fn uncount(verdict: &mut Verdict, cost: NonZeroU32) {
     for d in verdict
         .decisions
         .iter_mut()
@@ -347,7 +491,6 @@ fn uncounted(mut verdict: Verdict, cost: NonZeroU32) -> Verdict {
     {
         d.remaining = d.remaining.saturating_add(u64::from(cost.get()));
     }
-    verdict
 }
 
 fn own<B>(response: Response<Full<Bytes>>) -> Response<RateLimitBody<B>> {
@@ -367,16 +510,17 @@ fn denied<S>(shared: &Shared<S>, verdict: &Verdict, cost: NonZeroU32) -> Respons
         Some(f) => f(&denied),
         None => response::too_many_requests(&denied),
     };
-    Fields::new(shared, verdict).write(shared, response.headers_mut());
+    Fields::new(shared, verdict).write(response.headers_mut());
     if let Some(secs) = retry_after {
         response::set_retry_after(response.headers_mut(), secs);
     }
     response
 }
 
-/// The per-request fields, computed from a verdict so the verdict need not be
-/// kept while the inner service runs.
+/// The fields one response gets, computed from a verdict so that neither the
+/// verdict nor the layer need be kept while the inner service runs.
 struct Fields {
+    policy: Option<HeaderValue>,
     ratelimit: Option<HeaderValue>,
     legacy: Option<Decision>,
 }
@@ -389,6 +533,7 @@ impl Fields {
             .zip(&verdict.decisions)
             .map(|(p, d)| (&*p.name, d));
         Fields {
+            policy: shared.policy_header.clone(),
             ratelimit: response::ratelimit_field(items),
             legacy: shared.legacy_headers.then_some(verdict.decision),
         }
@@ -397,10 +542,9 @@ impl Fields {
     /// Appends `RateLimit-Policy` and `RateLimit` (appended, so an outer layer's
     /// items and ours form one list, as the draft allows), and the legacy fields
     /// if asked for.
-    fn write<S>(self, shared: &Shared<S>, headers: &mut HeaderMap) {
-        headers.reserve(2);
-        if let Some(policy) = &shared.policy_header {
-            headers.append(RATELIMIT_POLICY, policy.clone());
+    fn write(self, headers: &mut HeaderMap) {
+        if let Some(policy) = self.policy {
+            headers.append(RATELIMIT_POLICY, policy);
         }
         if let Some(value) = self.ratelimit {
             headers.append(RATELIMIT, value);
