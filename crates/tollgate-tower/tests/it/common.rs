@@ -107,3 +107,28 @@ pub async fn get(addr: SocketAddr) -> Reply {
 pub fn policy(algorithm: Algorithm, limit: u32, period: Duration) -> Policy {
     Policy::new(algorithm, limit, period).expect("a valid policy")
 }
+
+/// A store that answers only after yielding to the runtime once, as a networked
+/// store does: it drives the layer's path for decisions that are not ready at
+/// once. Decisions are the wrapped store's.
+#[derive(Debug)]
+pub struct Waiting<S>(pub S);
+
+impl<S: tollgate::Store> tollgate::Store for Waiting<S> {
+    type Error = S::Error;
+
+    async fn check(&self, checks: &[tollgate::Check<'_>]) -> Result<tollgate::Verdict, S::Error> {
+        tokio::task::yield_now().await;
+        self.0.check(checks).await
+    }
+
+    async fn peek(&self, checks: &[tollgate::Check<'_>]) -> Result<tollgate::Verdict, S::Error> {
+        tokio::task::yield_now().await;
+        self.0.peek(checks).await
+    }
+
+    async fn reset(&self, key: &str) -> Result<(), S::Error> {
+        tokio::task::yield_now().await;
+        self.0.reset(key).await
+    }
+}

@@ -6,7 +6,7 @@ use http::StatusCode;
 use tollgate::{Algorithm, Check, ManualClock, MemoryStore, Nanos, Store, Verdict};
 use tollgate_tower::{OnError, RateLimitLayer};
 
-use crate::common::{get, hello, policy, serve};
+use crate::common::{Waiting, get, hello, policy, serve};
 
 /// A store that is always down. Not a model of any real store: only a failure.
 #[derive(Debug)]
@@ -122,6 +122,35 @@ async fn store_error_local_shares_the_limit() {
         .build()
         .expect("a valid layer");
     let addr = serve(hello().layer(layer)).await;
+    assert_eq!(get(addr).await.status, StatusCode::OK);
+    assert_eq!(get(addr).await.status, StatusCode::OK);
+    assert_eq!(get(addr).await.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// The same modes when the failure comes after a wait, as a network error does.
+#[tokio::test]
+async fn store_error_after_a_wait() {
+    let deny = RateLimitLayer::builder(Waiting(FailingStore))
+        .policy("p", two_per_minute())
+        .build()
+        .expect("a valid layer");
+    let addr = serve(hello().layer(deny)).await;
+    assert_eq!(get(addr).await.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    let allow = RateLimitLayer::builder(Waiting(FailingStore))
+        .policy("p", two_per_minute())
+        .on_error(OnError::allow())
+        .build()
+        .expect("a valid layer");
+    let addr = serve(hello().layer(allow)).await;
+    assert_eq!(get(addr).await.status, StatusCode::OK);
+
+    let local = RateLimitLayer::builder(Waiting(FailingStore))
+        .policy("p", two_per_minute())
+        .on_error(OnError::local(local()))
+        .build()
+        .expect("a valid layer");
+    let addr = serve(hello().layer(local)).await;
     assert_eq!(get(addr).await.status, StatusCode::OK);
     assert_eq!(get(addr).await.status, StatusCode::OK);
     assert_eq!(get(addr).await.status, StatusCode::TOO_MANY_REQUESTS);

@@ -9,7 +9,7 @@ use http_body_util::Full;
 use tollgate::{Algorithm, ManualClock, MemoryStore, Nanos, Store};
 use tollgate_tower::{Key, RateLimitLayer};
 
-use crate::common::{get, get_with, hello, policy, serve};
+use crate::common::{Waiting, get, get_with, hello, policy, serve};
 
 fn clock() -> ManualClock {
     ManualClock::new(Nanos::from_secs(1_000_000))
@@ -84,6 +84,11 @@ async fn headers_and_429<S: Store + 'static>(store: S) {
 #[tokio::test]
 async fn headers_and_429_memory() {
     headers_and_429(MemoryStore::with_clock(clock())).await;
+}
+
+#[tokio::test]
+async fn headers_and_429_waiting_store() {
+    headers_and_429(Waiting(MemoryStore::with_clock(clock()))).await;
 }
 
 /// `Retry-After` and `t` are whole seconds rounded up, and equal for the policy that
@@ -211,6 +216,11 @@ async fn cost_from_the_request<S: Store + 'static>(store: S) {
 #[tokio::test]
 async fn cost_from_the_request_memory() {
     cost_from_the_request(MemoryStore::with_clock(clock())).await;
+}
+
+#[tokio::test]
+async fn cost_from_the_request_waiting_store() {
+    cost_from_the_request(Waiting(MemoryStore::with_clock(clock()))).await;
 }
 
 /// A custom denial keeps the layer's fields and `Retry-After`.

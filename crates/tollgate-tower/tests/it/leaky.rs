@@ -6,7 +6,7 @@ use http::StatusCode;
 use tollgate::{Algorithm, MemoryStore, Store};
 use tollgate_tower::{Key, RateLimitLayer};
 
-use crate::common::{get, hello, policy, serve};
+use crate::common::{Waiting, get, hello, policy, serve};
 
 /// Limit 10 per second, burst 10: five requests sent together leave 100 ms apart.
 /// Real clock (the delay is real time); the tolerance allows for a loaded machine.
@@ -55,6 +55,11 @@ async fn leaky_bucket_spaces_requests<S: Store + 'static>(store: S) {
 #[tokio::test]
 async fn leaky_bucket_spaces_requests_memory() {
     leaky_bucket_spaces_requests(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn leaky_bucket_spaces_requests_waiting_store() {
+    leaky_bucket_spaces_requests(Waiting(MemoryStore::new())).await;
 }
 
 /// The wait holds no thread: on a one-thread runtime, other requests are served
