@@ -158,7 +158,7 @@ async fn redis_rs_fcall_rate(
                     .arg(2)
                     .arg(format!("tgbench:{{{key}}}s:g"))
                     .arg(format!("tgbench:{{{key}}}l:g"))
-                    .arg("c")
+                    .arg("s")
                     .arg("")
                     .arg("")
                     .arg(0)
@@ -296,7 +296,7 @@ fn main() {
             };
             let args: Vec<String> = if tollgate {
                 let mut a = vec!["FCALL".to_owned(), sha.to_owned(), "2".to_owned(), key("s"), key("l")];
-                a.extend(["c", "", "", "0", "g", "1000000000", "1000000000", "1000000000", "1", "1000000000", "1"].map(String::from));
+                a.extend(["s", "", "", "0", "g", "1000000000", "1000000000", "1000000000", "1", "1000000000", "1"].map(String::from));
                 a
             } else {
                 vec!["EVALSHA".to_owned(), sha.to_owned(), "1".to_owned(), key("s"), "1".to_owned(), "1000000".to_owned()]
