@@ -7,6 +7,7 @@
 #
 # Scenarios, interleaved round by round so drift on a shared machine hits all:
 #   plain    no layer                  (every request sends one x-key header)
+#   noop     a layer that does nothing (what axum's Router::layer itself costs)
 #   one-key  the layer, one hot key    (the same x-key on every request)
 #   100k     the layer, 100k keys      (x-key drawn from 100 000 values, fixed seed)
 # The server runs one tokio worker (THREADS) and wrk one thread, so each has a
@@ -20,6 +21,7 @@ ROUNDS=${ROUNDS:-3}
 export THREADS=${THREADS:-1}
 PLAIN_PORT=${PLAIN_PORT:-3101}
 LAYER_PORT=${LAYER_PORT:-3102}
+NOOP_PORT=${NOOP_PORT:-3103}
 
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 1; }
 cargo build --quiet --release -p tollgate-tower --example bench_server
@@ -28,7 +30,8 @@ BIN=target/release/examples/bench_server
 work=$(mktemp -d)
 "$BIN" plain "$PLAIN_PORT" & plain_pid=$!
 "$BIN" layer "$LAYER_PORT" & layer_pid=$!
-trap 'kill "$plain_pid" "$layer_pid" 2>/dev/null; rm -rf "$work"' EXIT
+"$BIN" noop "$NOOP_PORT" & noop_pid=$!
+trap 'kill "$plain_pid" "$layer_pid" "$noop_pid" 2>/dev/null; rm -rf "$work"' EXIT
 
 cat > "$work/one.lua" <<'LUA'
 wrk.headers["x-key"] = "hot-key"
@@ -43,7 +46,7 @@ function request()
 end
 LUA
 
-for port in "$PLAIN_PORT" "$LAYER_PORT"; do
+for port in "$PLAIN_PORT" "$LAYER_PORT" "$NOOP_PORT"; do
   for _ in $(seq 1 50); do
     curl -s -o /dev/null -H 'x-key: warmup' "http://127.0.0.1:$port/" && break
     sleep 0.1
@@ -56,17 +59,19 @@ rps() { # port script -> requests per second
 }
 
 echo "wrk -t1 -c$CONNS -d$DURATION, server THREADS=$THREADS, $ROUNDS rounds, $(nproc) cores"
-printf '%-6s %12s %12s %12s %9s %9s\n' round plain one-key 100k one/plain 100k/plain
+printf '%-6s %11s %11s %11s %11s %10s %10s %10s\n' round plain noop one-key 100k noop/plain one/plain 100k/plain
 : > "$work/ratios"
 for r in $(seq 1 "$ROUNDS"); do
   p=$(rps "$PLAIN_PORT" "$work/one.lua")
+  n=$(rps "$NOOP_PORT" "$work/one.lua")
   o=$(rps "$LAYER_PORT" "$work/one.lua")
   k=$(rps "$LAYER_PORT" "$work/random.lua")
-  a=$(awk -v x="$o" -v y="$p" 'BEGIN { printf "%.3f", x / y }')
-  b=$(awk -v x="$k" -v y="$p" 'BEGIN { printf "%.3f", x / y }')
-  printf '%-6s %12s %12s %12s %9s %9s\n' "$r" "$p" "$o" "$k" "$a" "$b"
-  echo "$a $b" >> "$work/ratios"
+  ratio() { awk -v x="$1" -v y="$2" 'BEGIN { printf "%.3f", x / y }'; }
+  a=$(ratio "$n" "$p"); b=$(ratio "$o" "$p"); c=$(ratio "$k" "$p")
+  printf '%-6s %11s %11s %11s %11s %10s %10s %10s\n' "$r" "$p" "$n" "$o" "$k" "$a" "$b" "$c"
+  echo "$a $b $c" >> "$work/ratios"
 done
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-echo "median one-key/plain: $(cut -d' ' -f1 "$work/ratios" | median)"
-echo "median 100k/plain:    $(cut -d' ' -f2 "$work/ratios" | median)"
+echo "median noop/plain:    $(cut -d' ' -f1 "$work/ratios" | median)"
+echo "median one-key/plain: $(cut -d' ' -f2 "$work/ratios" | median)"
+echo "median 100k/plain:    $(cut -d' ' -f3 "$work/ratios" | median)"

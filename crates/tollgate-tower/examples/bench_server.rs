@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! bench_server plain 3101    # no layer
+//! bench_server noop 3103     # a layer that does nothing (what any axum layer costs)
 //! bench_server layer 3102    # the layer: one GCRA policy keyed by the x-key header
 //! ```
 //!
@@ -27,6 +28,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new().route("/", get(|| async { "Hello, World!" }));
     let app = match mode.as_str() {
         "plain" => app,
+        "noop" => app.layer(tower::util::MapRequestLayer::new(
+            |r: axum::extract::Request| r,
+        )),
         "layer" => {
             let policy = Policy::new(Algorithm::Gcra, 1_000_000_000, Duration::from_secs(1))?;
             let layer = RateLimitLayer::builder(MemoryStore::new())
@@ -35,7 +39,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .build()?;
             app.layer(layer)
         }
-        other => return Err(format!("unknown mode {other:?}: expected plain or layer").into()),
+        other => {
+            return Err(format!("unknown mode {other:?}: expected plain, noop or layer").into());
+        }
     };
 
     tokio::runtime::Builder::new_multi_thread()

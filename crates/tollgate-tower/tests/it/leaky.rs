@@ -37,17 +37,19 @@ async fn leaky_bucket_spaces_requests<S: Store + 'static>(store: S) {
         done.push(at);
     }
     done.sort();
-    assert!(done[0] < Duration::from_millis(80), "{done:?}");
+    // Without the delay all five would finish within a few milliseconds; the
+    // bounds are wide because CI shares a 2-core machine with other tests.
+    assert!(done[0] < Duration::from_millis(150), "{done:?}");
     for pair in done.windows(2) {
         let gap = pair[1].saturating_sub(pair[0]);
         assert!(
-            gap >= Duration::from_millis(60) && gap <= Duration::from_millis(160),
+            gap >= Duration::from_millis(50) && gap <= Duration::from_millis(250),
             "gaps should be ~100 ms: {done:?}"
         );
     }
     let total = done[4].saturating_sub(done[0]);
     assert!(
-        total >= Duration::from_millis(370) && total <= Duration::from_millis(520),
+        total >= Duration::from_millis(350) && total <= Duration::from_millis(800),
         "{done:?}"
     );
 }
