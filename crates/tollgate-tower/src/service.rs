@@ -203,12 +203,18 @@ where
         // Ask the store, and look once whether it has answered already (the memory
         // store always has; a networked store has not). Polling with a waker that
         // does nothing is allowed: a pending future keeps the waker of its latest
-        // poll, which will be the response future's.
+        // poll, which will be the response future's. Only inside a runtime: a
+        // networked store's first poll may need its reactor, and `call` may be made
+        // outside one (its future then runs inside).
         let mut decision: Pin<Box<dyn Future<Output = Decided> + Send>> =
             Box::pin(decide_owned(Arc::clone(&shared), prepared));
-        let now = decision
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()));
+        let now = if tokio::runtime::Handle::try_current().is_ok() {
+            decision
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
+        } else {
+            Poll::Pending
+        };
         match now {
             Poll::Ready(Decided::Admit { fields, delay }) if delay == Nanos::ZERO => {
                 ResponseFuture::inner(self.inner.call(req), Some(fields))
@@ -552,5 +558,51 @@ impl Fields {
         if let Some(decision) = &self.legacy {
             response::legacy_fields(headers, decision);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use tollgate::{Algorithm, ManualClock, MemoryStore, Policy};
+    use tower::{Service, ServiceExt};
+
+    use super::*;
+    use crate::RateLimitLayer;
+
+    /// `call` made outside a runtime, its future run inside one: the store is not
+    /// polled in `call` (a networked store might need its reactor there).
+    #[test]
+    fn call_outside_a_runtime() {
+        let policy = Policy::new(Algorithm::Gcra, 1, Duration::from_secs(10)).expect("policy");
+        let layer = RateLimitLayer::builder(MemoryStore::with_clock(ManualClock::default()))
+            .policy("p", policy)
+            .key(crate::Key::global())
+            .build()
+            .expect("layer");
+        let mut service = tower_layer::Layer::layer(
+            &layer,
+            tower::service_fn(|_: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hi"))))
+            }),
+        );
+        let first = service.call(Request::new(()));
+        let second = service.call(Request::new(()));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let first = rt.block_on(first).expect("infallible");
+        let second = rt.block_on(second).expect("infallible");
+        assert_eq!(first.status(), StatusCode::OK);
+        assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+        // And inside a runtime, the same answers by the ready path.
+        let third = rt.block_on(async { service.ready().await?.call(Request::new(())).await });
+        assert_eq!(
+            third.expect("infallible").status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
     }
 }
