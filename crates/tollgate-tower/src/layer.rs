@@ -233,7 +233,10 @@ impl<S: Store> RateLimitBuilder<S> {
             return Err(BuildError::ZeroNodes);
         }
 
-        let mut keys = vec![self.key];
+        // The distinct extractors, each run once per request: the layer's key only
+        // if some policy uses it (an unused key must not refuse requests).
+        let mut keys = Vec::new();
+        let mut default_key = None;
         let mut policies = Vec::with_capacity(self.policies.len());
         for (name, policy, key) in self.policies {
             let key = match key {
@@ -242,7 +245,10 @@ impl<S: Store> RateLimitBuilder<S> {
                     keys.push(key);
                     keys.len() - 1
                 }
-                None => 0,
+                None => *default_key.get_or_insert_with(|| {
+                    keys.push(self.key.clone());
+                    keys.len() - 1
+                }),
             };
             policies.push(Named {
                 local: local_share(&policy, nodes),
@@ -397,7 +403,7 @@ pub(crate) struct Named {
 pub(crate) struct Shared<S> {
     pub(crate) store: Arc<S>,
     pub(crate) policies: Box<[Named]>,
-    /// Distinct key extractors; index 0 is the layer's default.
+    /// The distinct key extractors the policies use.
     pub(crate) keys: Box<[Key]>,
     pub(crate) cost: Option<Arc<CostFn>>,
     pub(crate) on_error: Mode,

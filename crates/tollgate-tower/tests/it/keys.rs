@@ -280,3 +280,17 @@ async fn closure_key() {
         StatusCode::BAD_REQUEST
     );
 }
+
+/// Regression: the layer's default key (peer IP) was extracted even when every
+/// policy had its own key, so a server without `ConnectInfo` refused requests
+/// that no policy needed the peer for.
+#[tokio::test]
+async fn unused_default_key_is_not_extracted() {
+    let layer = RateLimitLayer::builder(store())
+        .policy_keyed("global", one_per_minute(), Key::global())
+        .build()
+        .expect("a valid layer");
+    let addr = serve_without_peer(hello().layer(layer)).await;
+    assert_eq!(get(addr).await.status, StatusCode::OK);
+    assert_eq!(get(addr).await.status, StatusCode::TOO_MANY_REQUESTS);
+}
