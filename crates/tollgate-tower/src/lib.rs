@@ -65,14 +65,33 @@
 //! `ALGORITHMS.md` says. A `leaky_bucket` admission with a `delay` waits on a tokio
 //! timer inside the response future (no thread is held) before the inner service
 //! is called. When the store fails, [`OnError`] says what happens: `deny` (503,
-//! the default), `allow`, or `local` (an in-process limiter decides).
+//! the default), `allow`, or `local` (an in-process limiter decides, with
+//! `limit / nodes` when the fleet has `nodes` nodes). Failures are logged with
+//! `tracing` at `warn`.
+//!
+//! # Counting only some responses
+//!
+//! [`RateLimitBuilder::count_if`] counts a request only when the inner service's
+//! status satisfies a predicate (only `401`s, to throttle failed logins). It peeks
+//! first (a request the policies would deny gets the 429), and consumes after the
+//! response: requests in flight together are not counted against each other, so
+//! this mode is not atomic.
+//!
+//! # Bodies and futures
+//!
+//! The layer's response body is [`RateLimitBody<B>`](RateLimitBody), an
+//! `http_body_util::Either` of the inner body and the layer's own `Full<Bytes>`:
+//! no conversion is asked of the inner service's body type. When the store
+//! answers at once (the memory store always does), the decision is made inside
+//! `Service::call` and the [`ResponseFuture`] is the inner service's own future;
+//! a store that must wait, a delay or `count_if` take a boxed future.
 //!
 //! # Requirements
 //!
 //! The response future runs on tokio (for the `leaky_bucket` timer). With the
 //! `axum` feature (on by default) the peer address is read from axum's
-//! `ConnectInfo<SocketAddr>`; without it, from a `SocketAddr` or `IpAddr` request
-//! extension.
+//! `ConnectInfo<SocketAddr>`; with or without it, from a `SocketAddr` or `IpAddr`
+//! request extension.
 
 mod error;
 mod forwarded;
