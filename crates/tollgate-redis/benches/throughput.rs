@@ -155,18 +155,15 @@ async fn redis_rs_fcall_rate(
                 let key = &keys[i % keys.len()];
                 let _: Vec<i64> = redis::cmd("FCALL")
                     .arg(&function)
-                    .arg(2)
+                    .arg(1)
                     .arg(format!("tgbench:{{{key}}}s:g"))
-                    .arg(format!("tgbench:{{{key}}}l:g"))
                     .arg("s")
                     .arg("")
                     .arg("")
                     .arg(0)
                     .arg("g")
-                    .arg(1_000_000_000_u64)
-                    .arg(1_000_000_000_u64)
-                    .arg(1_000_000_000_u64)
                     .arg(1)
+                    .arg(1_000_000_000_u64)
                     .arg(1_000_000_000_u64)
                     .arg(1)
                     .query_async(&mut conn)
@@ -295,8 +292,8 @@ fn main() {
                 if many { format!("tgbench:{{__rand_int__}}{kind}:g") } else { format!("tgbench:{{hot}}{kind}:g") }
             };
             let args: Vec<String> = if tollgate {
-                let mut a = vec!["FCALL".to_owned(), sha.to_owned(), "2".to_owned(), key("s"), key("l")];
-                a.extend(["s", "", "", "0", "g", "1000000000", "1000000000", "1000000000", "1", "1000000000", "1"].map(String::from));
+                let mut a = vec!["FCALL".to_owned(), sha.to_owned(), "1".to_owned(), key("s")];
+                a.extend(["s", "", "", "0", "g", "1", "1000000000", "1000000000", "1"].map(String::from));
                 a
             } else {
                 vec!["EVALSHA".to_owned(), sha.to_owned(), "1".to_owned(), key("s"), "1".to_owned(), "1000000".to_owned()]

@@ -11,9 +11,8 @@
 -- atomically.
 --
 -- FCALL __NAME__ numkeys KEYS... ARGV...
--- KEYS: two per check, in the order of the checks: the state key, then the log key
---   (used by sliding_window_log only; declared always so a cluster sees every key
---   the call may touch; both carry the same hash tag).
+-- KEYS: per check, in the order of the checks: its state key, then for
+--   sliding_window_log its log key (both carry the same hash tag).
 -- ARGV[1]: mode: "c" decide and consume, "p" decide without consuming,
 --   "g" give back what a "c" call at the instant ARGV[2], ARGV[3] consumed;
 --   "s" and "q" are "c" and "p" for exactly one check, with the short reply.
@@ -22,10 +21,10 @@
 -- ARGV[4]: the least TTL in milliseconds for written keys (0 under Redis TIME; the
 --   caller-clock mode sets it so that keys do not expire on the wall clock while a
 --   trace still needs them).
--- ARGV[5 + 7(i-1) ...]: per check: algorithm letter (t token_bucket, g gcra,
+-- ARGV[5 + 5(i-1) ...]: per check: the algorithm letter (t token_bucket, g gcra,
 --   k leaky_bucket, f fixed_window, c sliding_window_counter, l sliding_window_log),
---   L, W, B, T, tau (nanoseconds), cost.
---
+--   then T, tau, B for the bucket family or L, W, 0 for the windows (nanoseconds),
+--   then the cost. (Every argument costs Redis time, so only the needed ones go.)
 -- Returns: { seconds, nanoseconds of the instant used, then per check: allowed (0/1),
 --   remaining, reset_after, retry_after (-1 for none), delay, reason (0 none,
 --   1 limited, 2 cost_exceeds_capacity), and what the key holds at that instant
@@ -417,7 +416,8 @@ local function write_log(lkey, todo, ms)
   redis.call("PEXPIRE", lkey, ms)
 end
 
-local function give_back(alg, skey, lkey, ts, tn, W, T, c)
+local function give_back(alg, skey, lkey, ts, tn, x, W, c)
+  local T = x
   local raw = redis.call("GET", skey)
   if not raw then
     return
@@ -486,22 +486,22 @@ local function give_back(alg, skey, lkey, ts, tn, W, T, c)
   end
 end
 
--- Decides check i (nothing written).
-local function one(keys, args, i, ts, tn)
-  local b = 4 + 7 * (i - 1)
+-- Decides check i, whose state key is keys[sk] and log key keys[lk] (nothing
+-- written).
+local function one(keys, args, i, ts, tn, sk, lk)
+  local b = 4 + 5 * (i - 1)
   local alg = args[b + 1]
-  local c = tonumber(args[b + 7])
-  local raw = redis.call("GET", keys[2 * i - 1])
-  if alg == "g" or alg == "t" or alg == "k" then
-    return bucket(raw, ts, tn, tonumber(args[b + 5]), tonumber(args[b + 6]), tonumber(args[b + 4]), c, alg == "k")
-  end
-  local L, W = tonumber(args[b + 2]), tonumber(args[b + 3])
+  local x, y = tonumber(args[b + 2]), tonumber(args[b + 3])
+  local c = tonumber(args[b + 5])
+  local raw = redis.call("GET", keys[sk])
   if alg == "f" then
-    return fixed(raw, ts, tn, L, W, c)
+    return fixed(raw, ts, tn, x, y, c)
   elseif alg == "c" then
-    return counter(raw, ts, tn, L, W, c)
+    return counter(raw, ts, tn, x, y, c)
+  elseif alg == "l" then
+    return log(raw, ts, tn, x, y, c, keys[lk])
   end
-  return log(raw, ts, tn, L, W, c, keys[2 * i])
+  return bucket(raw, ts, tn, x, y, tonumber(args[b + 4]), c, alg == "k")
 end
 
 local function decide(keys, args)
@@ -514,21 +514,11 @@ local function decide(keys, args)
     ts, tn = tonumber(args[2]), tonumber(args[3])
   end
   local least = tonumber(args[4])
-  local n = (#args - 4) / 7
-
-  if mode == "g" then
-    for i = 1, n do
-      local b = 4 + 7 * (i - 1)
-      give_back(args[b + 1], keys[2 * i - 1], keys[2 * i], ts, tn,
-        tonumber(args[b + 3]), tonumber(args[b + 5]), tonumber(args[b + 7]))
-    end
-    return { ts, tn }
-  end
 
   if mode == "s" or mode == "q" then
     -- One check: the reply is only its decision (no instant, no view), the common
     -- case kept lean.
-    local a, rem, reset, retry, delay, reason, _, _, state, ttl, todo = one(keys, args, 1, ts, tn)
+    local a, rem, reset, retry, delay, reason, _, _, state, ttl, todo = one(keys, args, 1, ts, tn, 1, 2)
     if a == 1 and mode == "s" then
       local ms = ttl_ms(ttl, least)
       if todo then
@@ -539,12 +529,37 @@ local function decide(keys, args)
     return { a, rem, reset, retry, delay, reason }
   end
 
+  -- Where each check's keys are: its state key, then its log key if it has one.
+  local n = (#args - 4) / 5
+  local sk, lk = {}, {}
+  local k = 1
+  for i = 1, n do
+    sk[i] = k
+    if args[4 + 5 * (i - 1) + 1] == "l" then
+      lk[i] = k + 1
+      k = k + 2
+    else
+      lk[i] = false
+      k = k + 1
+    end
+  end
+
+  if mode == "g" then
+    for i = 1, n do
+      local b = 4 + 5 * (i - 1)
+      give_back(args[b + 1], keys[sk[i]], keys[lk[i]], ts, tn,
+        tonumber(args[b + 2]), tonumber(args[b + 3]), tonumber(args[b + 5]))
+    end
+    return { ts, tn }
+  end
+
   local out = { ts, tn }
   local writes = {}
   local all = true
   local o = 2
   for i = 1, n do
-    local a, rem, reset, retry, delay, reason, vrem, vreset, state, ttl, todo = one(keys, args, i, ts, tn)
+    local a, rem, reset, retry, delay, reason, vrem, vreset, state, ttl, todo =
+      one(keys, args, i, ts, tn, sk[i], lk[i])
     out[o + 1], out[o + 2], out[o + 3], out[o + 4] = a, rem, reset, retry
     out[o + 5], out[o + 6], out[o + 7], out[o + 8] = delay, reason, vrem, vreset
     o = o + 8
@@ -559,9 +574,9 @@ local function decide(keys, args)
       local ms = ttl_ms(writes[3 * i - 1], least)
       local todo = writes[3 * i]
       if todo then
-        write_log(keys[2 * i], todo, ms)
+        write_log(keys[lk[i]], todo, ms)
       end
-      redis.call("SET", keys[2 * i - 1], writes[3 * i - 2], "PX", ms)
+      redis.call("SET", keys[sk[i]], writes[3 * i - 2], "PX", ms)
     end
   end
   return out

@@ -483,9 +483,17 @@ impl RedisStore {
         // A stack of one check takes the short reply: its decision alone.
         let single = checks.len() == 1 && mode != Mode::GiveBack;
         let mut cmd = redis::cmd("FCALL");
-        cmd.arg(&self.inner.function).arg(group.len() * 2);
+        let is_log = |i: usize| checks[i].policy.algorithm() == Algorithm::SlidingWindowLog;
+        let numkeys = group
+            .iter()
+            .map(|&i| if is_log(i) { 2 } else { 1 })
+            .sum::<usize>();
+        cmd.arg(&self.inner.function).arg(numkeys);
         for &i in group {
-            cmd.arg(&keys[i].state).arg(&keys[i].log);
+            cmd.arg(&keys[i].state);
+            if is_log(i) {
+                cmd.arg(&keys[i].log);
+            }
         }
         cmd.arg(match (mode, single) {
             (Mode::Check, true) => "s",
@@ -508,13 +516,15 @@ impl RedisStore {
         for &i in group {
             let c = &checks[i];
             let p = c.policy;
-            cmd.arg(letter(p.algorithm()))
-                .arg(p.limit())
-                .arg(p.period().as_u64())
-                .arg(p.burst())
-                .arg(p.emission_interval().as_u64())
-                .arg(p.tolerance().as_u64())
-                .arg(c.cost.get());
+            cmd.arg(letter(p.algorithm()));
+            if p.algorithm().is_bucket() {
+                cmd.arg(p.emission_interval().as_u64())
+                    .arg(p.tolerance().as_u64())
+                    .arg(p.burst());
+            } else {
+                cmd.arg(p.limit()).arg(p.period().as_u64()).arg(0);
+            }
+            cmd.arg(c.cost.get());
         }
         let mut loads = 0;
         let reply: Vec<i64> = loop {
