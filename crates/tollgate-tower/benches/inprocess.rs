@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! cargo bench -p tollgate-tower --bench inprocess
+//! cargo bench -p tollgate-tower --bench inprocess -- one-key   # one scenario, one round (for a profiler)
 //! ```
 //!
 //! The HTTP figure (`benches/wrk.sh`) is the one the issue asks for; this one
@@ -125,6 +126,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("one-key", &layered, &one),
         ("100k-keys", &layered, &many),
     ];
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if !only.is_empty() {
+        for (name, app, keys) in scenarios.iter().filter(|s| only.iter().any(|o| o == s.0)) {
+            let ns = ns_per_request(&mut (*app).clone(), keys).await;
+            println!("{name:10} {ns:6.0} ns/request");
+        }
+        return Ok(());
+    }
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len()];
     for _ in 0..ROUNDS {
         for (i, (_, app, keys)) in scenarios.iter().enumerate() {
