@@ -314,6 +314,12 @@ fn main() {
         ];
         let mut cpu: Vec<f64> = vec![0.0; names.len()];
         let mut results: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+        if std::env::var("TOLLGATE_BENCH_ONLY").as_deref() == Ok("store") {
+            // For profiling the store alone: `perf record` this.
+            let rate = store_rate(&store, many.clone(), n).await;
+            println!("{rate:.0} /s  tollgate store, 64 in flight, 100k keys");
+            return;
+        }
         for round in 0..rounds {
             eprintln!("round {}/{rounds}", round + 1);
             results[0].push(rb(16, &min_sha, false, true));

@@ -17,18 +17,6 @@
 //! `{` is always the tag's; the letter after the tag tells the state key from the log
 //! key; and a policy part is written after a `:` that a key with no policy part lacks.
 
-use std::fmt::Write as _;
-
-/// The two Redis keys of one check: its state and, for `sliding_window_log`, its
-/// entries.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct KeyPair {
-    pub state: Vec<u8>,
-    pub log: Vec<u8>,
-    /// The cluster slot both keys hash to.
-    pub slot: u16,
-}
-
 /// Splits a check key into (policy part, tag).
 fn split(key: &str) -> (Option<&str>, &str) {
     match key.split_once(':') {
@@ -37,41 +25,57 @@ fn split(key: &str) -> (Option<&str>, &str) {
     }
 }
 
-fn escaped_tag(tag: &str) -> String {
+/// Appends the escaped tag. `%` and `}` are ASCII, so escaping bytes is escaping
+/// characters: no byte of a multi-byte UTF-8 character equals either.
+fn push_escaped(out: &mut Vec<u8>, tag: &str) {
     if tag.is_empty() {
-        return "%".to_owned();
+        out.push(b'%');
+        return;
     }
-    let mut out = String::with_capacity(tag.len());
-    for ch in tag.chars() {
-        match ch {
-            '%' => out.push_str("%25"),
-            '}' => out.push_str("%7D"),
-            c => out.push(c),
+    if !tag.bytes().any(|b| b == b'%' || b == b'}') {
+        out.extend_from_slice(tag.as_bytes());
+        return;
+    }
+    for b in tag.bytes() {
+        match b {
+            b'%' => out.extend_from_slice(b"%25"),
+            b'}' => out.extend_from_slice(b"%7D"),
+            other => out.push(other),
         }
+    }
+}
+
+fn build(prefix: &str, key: &str, kind: u8) -> Vec<u8> {
+    let (name, tag) = split(key);
+    let mut out = Vec::with_capacity(prefix.len() + key.len() + 8);
+    out.extend_from_slice(prefix.as_bytes());
+    out.push(b'{');
+    push_escaped(&mut out, tag);
+    out.push(b'}');
+    out.push(kind);
+    if let Some(name) = name {
+        out.push(b':');
+        out.extend_from_slice(name.as_bytes());
     }
     out
 }
 
-/// Builds the keys of `key` under `prefix` (already checked to hold no brace).
-pub(crate) fn keys(prefix: &str, key: &str) -> KeyPair {
-    let (name, tag) = split(key);
-    let tag = escaped_tag(tag);
-    let mut state = String::with_capacity(prefix.len() + tag.len() + key.len() + 4);
-    let _ = write!(state, "{prefix}{{{tag}}}");
-    let mut log = state.clone();
-    state.push('s');
-    log.push('l');
-    if let Some(name) = name {
-        state.push(':');
-        state.push_str(name);
-        log.push(':');
-        log.push_str(name);
-    }
-    KeyPair {
-        slot: slot(tag.as_bytes()),
-        state: state.into_bytes(),
-        log: log.into_bytes(),
-    }
+/// The Redis key holding `key`'s state, under `prefix` (checked to hold no brace).
+pub(crate) fn state_key(prefix: &str, key: &str) -> Vec<u8> {
+    build(prefix, key, b's')
+}
+
+/// The Redis key holding `key`'s sliding-window log entries.
+pub(crate) fn log_key(prefix: &str, key: &str) -> Vec<u8> {
+    build(prefix, key, b'l')
+}
+
+/// The cluster slot of both of `key`'s Redis keys.
+pub(crate) fn slot_of(key: &str) -> u16 {
+    let (_, tag) = split(key);
+    let mut escaped = Vec::with_capacity(tag.len() + 2);
+    push_escaped(&mut escaped, tag);
+    slot(&escaped)
 }
 
 /// The Redis Cluster hash slot of a hash tag: CRC16 (XMODEM) modulo 16384.
@@ -93,6 +97,20 @@ pub(crate) fn slot(tag: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct KeyPair {
+        state: Vec<u8>,
+        log: Vec<u8>,
+        slot: u16,
+    }
+
+    fn keys(prefix: &str, key: &str) -> KeyPair {
+        KeyPair {
+            state: state_key(prefix, key),
+            log: log_key(prefix, key),
+            slot: slot_of(key),
+        }
+    }
 
     fn text(k: &KeyPair) -> (String, String) {
         (

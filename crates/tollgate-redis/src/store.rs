@@ -15,7 +15,7 @@ use tollgate::{
 };
 
 use crate::error::RedisError;
-use crate::keys::{KeyPair, keys};
+use crate::keys::{log_key, slot_of, state_key};
 use crate::url::{Target, parse};
 
 /// The decision function's library (see `lua/tollgate.lua` for its contract), with
@@ -337,8 +337,10 @@ impl RedisStore {
 
     /// The Redis keys (state, log) that hold `key`'s state: for tools and tests.
     pub fn redis_keys(&self, key: &str) -> (Vec<u8>, Vec<u8>) {
-        let k = keys(&self.inner.prefix, key);
-        (k.state, k.log)
+        (
+            state_key(&self.inner.prefix, key),
+            log_key(&self.inner.prefix, key),
+        )
     }
 
     /// Asks Redis for `PING`, within the timeout: is the store reachable?
@@ -390,18 +392,19 @@ impl RedisStore {
 
     /// Groups the checks by cluster slot, in the order of their first check. A
     /// single server has one group.
-    fn groups(&self, keys: &[KeyPair]) -> SmallVec<[SmallVec<[usize; 4]>; 2]> {
+    fn groups(&self, checks: &[Check<'_>]) -> SmallVec<[SmallVec<[usize; 4]>; 2]> {
         let mut groups: SmallVec<[SmallVec<[usize; 4]>; 2]> = SmallVec::new();
         if !self.is_cluster() {
-            groups.push((0..keys.len()).collect());
+            groups.push((0..checks.len()).collect());
             return groups;
         }
         let mut slots: SmallVec<[u16; 2]> = SmallVec::new();
-        for (i, k) in keys.iter().enumerate() {
-            match slots.iter().position(|&s| s == k.slot) {
+        for (i, c) in checks.iter().enumerate() {
+            let slot = slot_of(c.key);
+            match slots.iter().position(|&s| s == slot) {
                 Some(g) => groups[g].push(i),
                 None => {
-                    slots.push(k.slot);
+                    slots.push(slot);
                     groups.push(smallvec::smallvec![i]);
                 }
             }
@@ -411,30 +414,24 @@ impl RedisStore {
 
     async fn decide(&self, checks: &[Check<'_>], mode: Mode) -> Result<Verdict, RedisError> {
         Self::check_args(checks)?;
-        let keys: SmallVec<[KeyPair; 4]> = checks
-            .iter()
-            .map(|c| keys(&self.inner.prefix, c.key))
-            .collect();
         let now = self.inner.clock.as_ref().map(|c| c.now());
-        self.timed(self.decide_groups(checks, &keys, mode, now))
-            .await?
+        self.timed(self.decide_groups(checks, mode, now)).await?
     }
 
     async fn decide_groups(
         &self,
         checks: &[Check<'_>],
-        keys: &[KeyPair],
         mode: Mode,
         now: Option<Nanos>,
     ) -> Result<Verdict, RedisError> {
-        let groups = self.groups(keys);
+        let groups = self.groups(checks);
         let mut answers: SmallVec<[Option<Answer>; 4]> = smallvec::smallvec![None; checks.len()];
         let mut consumed: SmallVec<[(usize, Instant2); 2]> = SmallVec::new();
         let mut denied = false;
         for (g, group) in groups.iter().enumerate() {
             // After a denial, the remaining slots are only looked at.
             let this = if denied { Mode::Peek } else { mode };
-            let (at, got) = self.run(this, now, None, group, checks, keys).await?;
+            let (at, got) = self.run(this, now, None, group, checks).await?;
             let group_denied = got.iter().any(|a| !a.decision.allowed);
             for (&i, a) in group.iter().zip(got) {
                 answers[i] = Some(a);
@@ -449,7 +446,7 @@ impl RedisStore {
                 // more) until their keys expire.
                 for &(cg, cat) in &consumed {
                     let _ = self
-                        .run(Mode::GiveBack, None, Some(cat), &groups[cg], checks, keys)
+                        .run(Mode::GiveBack, None, Some(cat), &groups[cg], checks)
                         .await;
                 }
                 consumed.clear();
@@ -478,7 +475,6 @@ impl RedisStore {
         used: Option<Instant2>,
         group: &[usize],
         checks: &[Check<'_>],
-        keys: &[KeyPair],
     ) -> Result<(Instant2, SmallVec<[Answer; 4]>), RedisError> {
         // A stack of one check takes the short reply: its decision alone.
         let single = checks.len() == 1 && mode != Mode::GiveBack;
@@ -489,10 +485,11 @@ impl RedisStore {
             .map(|&i| if is_log(i) { 2 } else { 1 })
             .sum::<usize>();
         cmd.arg(&self.inner.function).arg(numkeys);
+        let prefix = &self.inner.prefix;
         for &i in group {
-            cmd.arg(&keys[i].state);
+            cmd.arg(state_key(prefix, checks[i].key));
             if is_log(i) {
-                cmd.arg(&keys[i].log);
+                cmd.arg(log_key(prefix, checks[i].key));
             }
         }
         cmd.arg(match (mode, single) {
@@ -593,9 +590,9 @@ impl RedisStore {
 
     /// Forgets `key`'s state.
     async fn forget(&self, key: &str) -> Result<(), RedisError> {
-        let k = keys(&self.inner.prefix, key);
         let mut cmd = redis::cmd("DEL");
-        cmd.arg(&k.state).arg(&k.log);
+        cmd.arg(state_key(&self.inner.prefix, key))
+            .arg(log_key(&self.inner.prefix, key));
         let _: i64 = self.timed(self.query(&cmd)).await??;
         Ok(())
     }
