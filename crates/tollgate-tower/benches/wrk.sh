@@ -11,7 +11,10 @@
 #   one-key  the layer, one hot key    (the same x-key on every request)
 #   100k     the layer, 100k keys      (x-key drawn from 100 000 values, fixed seed)
 # The server runs one tokio worker (THREADS) and wrk one thread, so each has a
-# core of this 2-core machine. Prints requests/s per round and the median ratios.
+# core of this 2-core machine. Prints, per round, requests/s and the server's CPU
+# time per request (from /proc: user + system), and the median ratios of both.
+# On a shared machine the CPU time per request is the steadier figure: other
+# load lowers everyone's requests/s, but hardly what one request costs the server.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 
@@ -53,25 +56,35 @@ for port in "$PLAIN_PORT" "$LAYER_PORT" "$NOOP_PORT"; do
   done
 done
 
-rps() { # port script -> requests per second
-  wrk -t1 -c"$CONNS" -d"$DURATION" -s "$2" "http://127.0.0.1:$1/" \
-    | awk '/^Requests\/sec:/ { print $2 }'
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# port script pid -> "requests/s microseconds-of-server-CPU-per-request"
+measure() {
+  local before after out requests rps
+  before=$(cpu_ticks "$3")
+  out=$(wrk -t1 -c"$CONNS" -d"$DURATION" -s "$2" "http://127.0.0.1:$1/")
+  after=$(cpu_ticks "$3")
+  requests=$(echo "$out" | awk '/ requests in / { print $1 }')
+  rps=$(echo "$out" | awk '/^Requests\/sec:/ { print $2 }')
+  awk -v r="$rps" -v n="$requests" -v t="$((after - before))" -v hz="$CLK_TCK" \
+    'BEGIN { printf "%.0f %.2f", r, t * 1e6 / hz / n }'
 }
+ratio() { awk -v x="$1" -v y="$2" 'BEGIN { printf "%.3f", x / y }'; }
 
 echo "wrk -t1 -c$CONNS -d$DURATION, server THREADS=$THREADS, $ROUNDS rounds, $(nproc) cores"
-printf '%-6s %11s %11s %11s %11s %10s %10s %10s\n' round plain noop one-key 100k noop/plain one/plain 100k/plain
+echo "requests/s (server CPU us/request); ratios: throughput, and plain CPU / scenario CPU"
+printf '%-5s %-17s %-17s %-17s %-17s %s\n' round plain noop one-key 100k "noop one-key 100k (rps | cpu)"
 : > "$work/ratios"
 for r in $(seq 1 "$ROUNDS"); do
-  p=$(rps "$PLAIN_PORT" "$work/one.lua")
-  n=$(rps "$NOOP_PORT" "$work/one.lua")
-  o=$(rps "$LAYER_PORT" "$work/one.lua")
-  k=$(rps "$LAYER_PORT" "$work/random.lua")
-  ratio() { awk -v x="$1" -v y="$2" 'BEGIN { printf "%.3f", x / y }'; }
-  a=$(ratio "$n" "$p"); b=$(ratio "$o" "$p"); c=$(ratio "$k" "$p")
-  printf '%-6s %11s %11s %11s %11s %10s %10s %10s\n' "$r" "$p" "$n" "$o" "$k" "$a" "$b" "$c"
-  echo "$a $b $c" >> "$work/ratios"
+  read -r p pc <<< "$(measure "$PLAIN_PORT" "$work/one.lua" "$plain_pid")"
+  read -r n nc <<< "$(measure "$NOOP_PORT" "$work/one.lua" "$noop_pid")"
+  read -r o oc <<< "$(measure "$LAYER_PORT" "$work/one.lua" "$layer_pid")"
+  read -r k kc <<< "$(measure "$LAYER_PORT" "$work/random.lua" "$layer_pid")"
+  line="$(ratio "$n" "$p") $(ratio "$o" "$p") $(ratio "$k" "$p") $(ratio "$pc" "$nc") $(ratio "$pc" "$oc") $(ratio "$pc" "$kc")"
+  printf '%-5s %-17s %-17s %-17s %-17s %s\n' "$r" "$p ($pc)" "$n ($nc)" "$o ($oc)" "$k ($kc)" "$line"
+  echo "$line" >> "$work/ratios"
 done
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-echo "median noop/plain:    $(cut -d' ' -f1 "$work/ratios" | median)"
-echo "median one-key/plain: $(cut -d' ' -f2 "$work/ratios" | median)"
-echo "median 100k/plain:    $(cut -d' ' -f3 "$work/ratios" | median)"
+col() { cut -d' ' -f"$1" "$work/ratios" | median; }
+echo "median throughput ratio to plain: noop $(col 1), one-key $(col 2), 100k $(col 3)"
+echo "median CPU ratio (plain/scenario): noop $(col 4), one-key $(col 5), 100k $(col 6)"
