@@ -1,10 +1,11 @@
-//! `tollgate`: the rate limit server (`serve`, the default) and the deterministic
-//! simulator (`simulate`).
+//! `tollgate`: the rate limit server (`serve`, the default), the deterministic
+//! simulator (`simulate`) and the lab (`lab`).
 //!
 //! Exit status: 0 on success (and when stdout's reader goes away early), 1 when
 //! reading the input or writing the output failed, 2 on bad flags or bad input.
 
 mod cli;
+mod lab;
 mod records;
 mod serve;
 mod simulate;
@@ -35,6 +36,17 @@ fn main() -> ExitCode {
         Command::Simulate(args) => match simulate::main(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) if err.is_broken_pipe() => ExitCode::SUCCESS,
+            Err(err) => {
+                let mut stderr = io::stderr().lock();
+                let _ = writeln!(stderr, "error: {err}");
+                if let Some(hint) = err.hint() {
+                    let _ = writeln!(stderr, "hint: {hint}");
+                }
+                ExitCode::from(err.exit_code())
+            }
+        },
+        Command::Lab(args) => match lab::main(&args) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 let mut stderr = io::stderr().lock();
                 let _ = writeln!(stderr, "error: {err}");

@@ -1,0 +1,282 @@
+//! `tollgate lab`: runs the lab's scenarios for every algorithm and writes the report
+//! folder (see the `tollgate_lab` crate for what is in it).
+//!
+//! This module only turns flags into a [`LabConfig`] and a list of scenarios, with
+//! error messages that name the flag (`--limit 0: ...`, exit status 2), and prints
+//! a short summary; the lab itself is `tollgate_lab`.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::time::Instant;
+
+use tollgate::{Nanos, parse_duration};
+use tollgate_lab::{
+    LabConfig, MAX_LIMIT, MAX_NODES, MAX_PERIOD, MIN_PERIOD, Scenario, WriteError, WriteOptions,
+    human_duration,
+};
+
+use crate::cli::LabArgs;
+
+/// Why `tollgate lab` stopped.
+#[derive(Debug)]
+pub enum LabError {
+    /// A flag's value cannot be used.
+    Flag {
+        /// The flag, e.g. `--limit`.
+        flag: &'static str,
+        /// The value as shown: bare when a plain whole number, quoted otherwise.
+        value: String,
+        /// What is wrong with it.
+        message: String,
+        /// How to fix it, when that can be guessed.
+        hint: Option<String>,
+    },
+    /// Writing the report failed.
+    Write(WriteError),
+    /// Writing to stdout failed.
+    Stdout(io::Error),
+}
+
+impl LabError {
+    /// 2 for bad flags, 1 when writing failed.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            LabError::Flag { .. } => 2,
+            LabError::Write(_) | LabError::Stdout(_) => 1,
+        }
+    }
+
+    /// A suggestion to print after the message, if there is one.
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            LabError::Flag { hint, .. } => hint.as_deref(),
+            LabError::Write(_) | LabError::Stdout(_) => None,
+        }
+    }
+
+    fn flag(flag: &'static str, text: &str, message: impl Into<String>) -> Self {
+        LabError::Flag {
+            flag,
+            value: show(text),
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    fn hinted(mut self, new: impl Into<String>) -> Self {
+        if let LabError::Flag { hint, .. } = &mut self {
+            *hint = Some(new.into());
+        }
+        self
+    }
+}
+
+impl fmt::Display for LabError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LabError::Flag {
+                flag,
+                value,
+                message,
+                ..
+            } => write!(f, "{flag} {value}: {message}"),
+            LabError::Write(e) => write!(f, "{e}"),
+            LabError::Stdout(e) => write!(f, "cannot write to stdout: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for LabError {}
+
+/// A flag's value in a message: bare when it is a plain whole number, quoted
+/// otherwise (as `simulate` shows them).
+fn show(text: &str) -> String {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        text.to_owned()
+    } else {
+        format!("{text:?}")
+    }
+}
+
+/// A whole number written with ASCII digits only.
+fn whole(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// A whole number flag in `1..=max`.
+fn ranged(flag: &'static str, text: &str, max: u32) -> Result<u32, LabError> {
+    let expected = format!("expected a whole number from 1 to {max}");
+    match whole(text) {
+        Some(n) if (1..=u64::from(max)).contains(&n) => Ok(n as u32),
+        Some(_) => Err(LabError::flag(
+            flag,
+            text,
+            format!("out of range: {expected}"),
+        )),
+        None if whole(text.trim()).is_some() => {
+            Err(LabError::flag(flag, text, expected).hinted("remove the spaces around the number"))
+        }
+        None => Err(LabError::flag(flag, text, expected)),
+    }
+}
+
+/// The configuration and scenarios the flags ask for.
+pub fn config_from_args(args: &LabArgs) -> Result<(LabConfig, Vec<Scenario>), LabError> {
+    let default = LabConfig::default();
+    let limit = match &args.limit {
+        Some(text) => ranged("--limit", text, MAX_LIMIT)?,
+        None => default.limit(),
+    };
+    let period = match &args.period {
+        Some(text) => period(text)?,
+        None => default.period(),
+    };
+    let nodes = match &args.nodes {
+        Some(text) => ranged("--nodes", text, MAX_NODES)?,
+        None => default.nodes(),
+    };
+    let seed = match &args.seed {
+        Some(text) => whole(text).ok_or_else(|| {
+            LabError::flag(
+                "--seed",
+                text,
+                "expected a whole number from 0 to 18446744073709551615",
+            )
+        })?,
+        None => default.seed(),
+    };
+    let config = LabConfig::new(limit, period, nodes, seed).map_err(|e| LabError::Flag {
+        flag: "--limit",
+        value: limit.to_string(),
+        message: e.to_string(),
+        hint: None,
+    })?;
+    let mut scenarios = Vec::new();
+    for name in &args.scenario {
+        let scenario = Scenario::from_name(name).ok_or_else(|| {
+            let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+            let err = LabError::flag(
+                "--scenario",
+                name,
+                format!("unknown scenario: expected one of {}", names.join(", ")),
+            );
+            match suggest(name) {
+                Some(s) => err.hinted(format!("did you mean {:?}?", s.name())),
+                None => err.hinted("tollgate lab --list describes them"),
+            }
+        })?;
+        if !scenarios.contains(&scenario) {
+            scenarios.push(scenario);
+        }
+    }
+    if scenarios.is_empty() {
+        scenarios = Scenario::ALL.to_vec();
+    }
+    Ok((config, scenarios))
+}
+
+/// The one scenario whose name contains what was typed (after normalising case and
+/// separators), if exactly one does.
+fn suggest(text: &str) -> Option<Scenario> {
+    let norm: String = text
+        .trim()
+        .chars()
+        .map(|c| match c {
+            '-' | ' ' => '_',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect();
+    if norm.is_empty() {
+        return None;
+    }
+    if let Some(s) = Scenario::from_name(&norm) {
+        return Some(s);
+    }
+    let mut found = Scenario::ALL
+        .into_iter()
+        .filter(|s| s.name().contains(&norm));
+    match (found.next(), found.next()) {
+        (Some(s), None) => Some(s),
+        _ => None,
+    }
+}
+
+fn period(text: &str) -> Result<Nanos, LabError> {
+    let range = format!(
+        "from {} to {}",
+        human_duration(MIN_PERIOD),
+        human_duration(MAX_PERIOD)
+    );
+    let p = parse_duration(text).map_err(|_| {
+        let err = LabError::flag(
+            "--period",
+            text,
+            "invalid duration: expected a whole number followed by a unit: ms, s, m or h \
+             (also ns, us, d), e.g. 500ms, 15s, 1m",
+        );
+        if whole(text.trim()).is_some() {
+            err.hinted(format!("add a unit, e.g. \"{}s\"", text.trim()))
+        } else {
+            err
+        }
+    })?;
+    if p < MIN_PERIOD || p > MAX_PERIOD {
+        return Err(LabError::Flag {
+            flag: "--period",
+            value: format!("{text:?}"),
+            message: format!("out of range: the lab runs periods {range}"),
+            hint: None,
+        });
+    }
+    Ok(p)
+}
+
+/// Runs `tollgate lab` as the binary does: lists the scenarios, or runs them and
+/// writes the report folder, printing a summary to stdout.
+pub fn main(args: &LabArgs) -> Result<(), LabError> {
+    let (config, scenarios) = config_from_args(args)?;
+    let mut stdout = io::stdout().lock();
+    if args.list {
+        for s in Scenario::ALL {
+            writeln!(stdout, "{:<16} {}", s.name(), s.title()).map_err(LabError::Stdout)?;
+        }
+        return Ok(());
+    }
+    let started = Instant::now();
+    let lab = tollgate_lab::run(&config, &scenarios);
+    let files = tollgate_lab::write(
+        &lab,
+        &args.out,
+        WriteOptions {
+            timings: !args.no_timings,
+        },
+    )
+    .map_err(LabError::Write)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let report = &lab.report;
+    writeln!(
+        stdout,
+        "tollgate lab: {} scenario(s) x 6 algorithms, {} per {}, {} nodes, seed {}, in {seconds:.2} s",
+        report.scenarios.len(),
+        config.limit(),
+        human_duration(config.period()),
+        config.nodes(),
+        config.seed(),
+    )
+    .map_err(LabError::Stdout)?;
+    for line in tollgate_lab::highlights(report) {
+        writeln!(stdout, "- {line}").map_err(LabError::Stdout)?;
+    }
+    writeln!(
+        stdout,
+        "wrote {} files to {}; open {} in a browser",
+        files.len(),
+        args.out.display(),
+        args.out.join("index.html").display()
+    )
+    .map_err(LabError::Stdout)?;
+    Ok(())
+}
