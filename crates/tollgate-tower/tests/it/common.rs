@@ -132,3 +132,53 @@ impl<S: tollgate::Store> tollgate::Store for Waiting<S> {
         self.0.reset(key).await
     }
 }
+
+/// The Redis the Redis-store variants use: `TOLLGATE_TEST_REDIS_URL`, else the
+/// local default (the Redis store's own tests read the same variable).
+pub fn redis_url() -> String {
+    std::env::var("TOLLGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A key prefix no other test or run uses.
+fn redis_prefix(test: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "tgtower:{test}:{}:{}:",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn connect(
+    builder: tollgate_redis::RedisStoreBuilder,
+    url: &str,
+) -> tollgate_redis::RedisStore {
+    builder.connect().await.unwrap_or_else(|e| {
+        panic!(
+            "no Redis answers at {url} ({e}). The Redis-store variants need a real Redis: \
+             start one with `redis-server --save '' --appendonly no` (or `bash .ci/run`, \
+             which starts it), or point TOLLGATE_TEST_REDIS_URL at one"
+        )
+    })
+}
+
+/// A Redis store deciding at the instants of `clock`, so time is the test's.
+pub async fn redis_at(test: &str, clock: tollgate::ManualClock) -> tollgate_redis::RedisStore {
+    let url = redis_url();
+    let builder = tollgate_redis::RedisStore::builder(url.clone())
+        .key_prefix(redis_prefix(test))
+        .timeout(Duration::from_secs(5))
+        .caller_clock(clock)
+        .caller_clock_ttl(Duration::from_secs(300));
+    connect(builder, &url).await
+}
+
+/// A Redis store on Redis `TIME`.
+pub async fn redis_time(test: &str) -> tollgate_redis::RedisStore {
+    let url = redis_url();
+    let builder = tollgate_redis::RedisStore::builder(url.clone())
+        .key_prefix(redis_prefix(test))
+        .timeout(Duration::from_secs(5));
+    connect(builder, &url).await
+}

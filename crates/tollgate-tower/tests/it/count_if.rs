@@ -9,7 +9,7 @@ use http::StatusCode;
 use tollgate::{Algorithm, ManualClock, MemoryStore, Nanos, Store};
 use tollgate_tower::RateLimitLayer;
 
-use crate::common::{Waiting, get_with, policy, serve};
+use crate::common::{Waiting, get_with, policy, redis_at, serve};
 
 async fn login(headers: HeaderMap) -> StatusCode {
     match headers.get("x-password").and_then(|v| v.to_str().ok()) {
@@ -62,4 +62,10 @@ async fn only_failures_count_memory() {
 async fn only_failures_count_waiting_store() {
     let clock = ManualClock::new(Nanos::from_secs(1_000_000));
     only_failures_count(Waiting(MemoryStore::with_clock(clock))).await;
+}
+
+#[tokio::test]
+async fn only_failures_count_redis() {
+    let clock = ManualClock::new(Nanos::from_secs(1_000_000));
+    only_failures_count(redis_at("count_if", clock).await).await;
 }

@@ -9,7 +9,7 @@ use http_body_util::Full;
 use tollgate::{Algorithm, ManualClock, MemoryStore, Nanos, Store};
 use tollgate_tower::{Key, RateLimitLayer};
 
-use crate::common::{Waiting, get, get_with, hello, policy, serve};
+use crate::common::{Waiting, get, get_with, hello, policy, redis_at, serve};
 
 fn clock() -> ManualClock {
     ManualClock::new(Nanos::from_secs(1_000_000))
@@ -87,16 +87,19 @@ async fn headers_and_429_memory() {
 }
 
 #[tokio::test]
+async fn headers_and_429_redis() {
+    headers_and_429(redis_at("headers_and_429", clock()).await).await;
+}
+
+#[tokio::test]
 async fn headers_and_429_waiting_store() {
     headers_and_429(Waiting(MemoryStore::with_clock(clock()))).await;
 }
 
 /// `Retry-After` and `t` are whole seconds rounded up, and equal for the policy that
 /// denied; at the announced second the request passes.
-#[tokio::test]
-async fn retry_after_rounds_up() {
-    let clock = clock();
-    let layer = RateLimitLayer::builder(MemoryStore::with_clock(clock.clone()))
+async fn retry_after_rounds_up<S: Store + 'static>(store: S, clock: ManualClock) {
+    let layer = RateLimitLayer::builder(store)
         .policy("p", policy(Algorithm::Gcra, 1, Duration::from_secs(15)))
         .build()
         .expect("a valid layer");
@@ -121,6 +124,19 @@ async fn retry_after_rounds_up() {
     let ok = get(addr).await;
     assert_eq!(ok.status, StatusCode::OK);
     assert_eq!(ok.header("ratelimit"), Some(r#""p";r=0;t=15"#));
+}
+
+#[tokio::test]
+async fn retry_after_rounds_up_memory() {
+    let clock = clock();
+    retry_after_rounds_up(MemoryStore::with_clock(clock.clone()), clock).await;
+}
+
+#[tokio::test]
+async fn retry_after_rounds_up_redis() {
+    let clock = clock();
+    let store = redis_at("retry_after_rounds_up", clock.clone()).await;
+    retry_after_rounds_up(store, clock).await;
 }
 
 /// A denial's `Retry-After` is never earlier than the `t` of any policy that denied.
@@ -152,6 +168,11 @@ async fn retry_after_covers_every_denial_memory() {
     retry_after_covers_every_denial(MemoryStore::with_clock(clock())).await;
 }
 
+#[tokio::test]
+async fn retry_after_covers_every_denial_redis() {
+    retry_after_covers_every_denial(redis_at("retry_after_covers", clock()).await).await;
+}
+
 /// The legacy fields carry the reported policy, when asked for.
 async fn legacy_headers<S: Store + 'static>(store: S) {
     let layer = RateLimitLayer::builder(store)
@@ -181,6 +202,11 @@ async fn legacy_headers<S: Store + 'static>(store: S) {
 #[tokio::test]
 async fn legacy_headers_memory() {
     legacy_headers(MemoryStore::with_clock(clock())).await;
+}
+
+#[tokio::test]
+async fn legacy_headers_redis() {
+    legacy_headers(redis_at("legacy_headers", clock()).await).await;
 }
 
 /// A cost larger than the bucket is a 429 without `Retry-After`: waiting would not
@@ -216,6 +242,11 @@ async fn cost_from_the_request<S: Store + 'static>(store: S) {
 #[tokio::test]
 async fn cost_from_the_request_memory() {
     cost_from_the_request(MemoryStore::with_clock(clock())).await;
+}
+
+#[tokio::test]
+async fn cost_from_the_request_redis() {
+    cost_from_the_request(redis_at("cost_from_the_request", clock()).await).await;
 }
 
 #[tokio::test]

@@ -7,14 +7,18 @@ use http::StatusCode;
 use tollgate::{Algorithm, ManualClock, MemoryStore, Nanos, Store};
 use tollgate_tower::{ClientIp, IpNet, Key, ProxyHeader, RateLimitLayer};
 
-use crate::common::{get, get_with, hello, policy, serve, serve_on, serve_without_peer};
+use crate::common::{get, get_with, hello, policy, redis_at, serve, serve_on, serve_without_peer};
 
 fn one_per_minute() -> tollgate::Policy {
     policy(Algorithm::Gcra, 1, Duration::from_secs(60))
 }
 
+fn clock() -> ManualClock {
+    ManualClock::new(Nanos::from_secs(1_000_000))
+}
+
 fn store() -> MemoryStore<ManualClock> {
-    MemoryStore::with_clock(ManualClock::new(Nanos::from_secs(1_000_000)))
+    MemoryStore::with_clock(clock())
 }
 
 fn net(s: &str) -> IpNet {
@@ -40,6 +44,14 @@ async fn untrusted_forwarding_headers_are_ignored<S: Store + 'static>(store: S) 
 #[tokio::test]
 async fn untrusted_forwarding_headers_are_ignored_memory() {
     untrusted_forwarding_headers_are_ignored(store()).await;
+}
+
+#[tokio::test]
+async fn untrusted_forwarding_headers_are_ignored_redis() {
+    untrusted_forwarding_headers_are_ignored(
+        redis_at("untrusted_forwarding_headers_are_ignored", clock()).await,
+    )
+    .await;
 }
 
 /// Behind a trusted proxy (the loopback peer), `X-Forwarded-For` names the client;
@@ -69,6 +81,11 @@ async fn trusted_x_forwarded_for<S: Store + 'static>(store: S) {
 #[tokio::test]
 async fn trusted_x_forwarded_for_memory() {
     trusted_x_forwarded_for(store()).await;
+}
+
+#[tokio::test]
+async fn trusted_x_forwarded_for_redis() {
+    trusted_x_forwarded_for(redis_at("trusted_x_forwarded_for", clock()).await).await;
 }
 
 /// RFC 7239 `Forwarded`, when the layer is told to read it (and then only it).
@@ -104,6 +121,11 @@ async fn trusted_forwarded_memory() {
     trusted_forwarded(store()).await;
 }
 
+#[tokio::test]
+async fn trusted_forwarded_redis() {
+    trusted_forwarded(redis_at("trusted_forwarded", clock()).await).await;
+}
+
 /// An IPv6 peer over a real IPv6 socket, grouped by /64: `::1` is `::/64`, and
 /// clients forwarded from one /64 share a count while another /64 has its own.
 async fn ipv6_grouped_by_prefix<S: Store + 'static>(store: S) {
@@ -133,6 +155,11 @@ async fn ipv6_grouped_by_prefix<S: Store + 'static>(store: S) {
 #[tokio::test]
 async fn ipv6_grouped_by_prefix_memory() {
     ipv6_grouped_by_prefix(store()).await;
+}
+
+#[tokio::test]
+async fn ipv6_grouped_by_prefix_redis() {
+    ipv6_grouped_by_prefix(redis_at("ipv6_grouped_by_prefix", clock()).await).await;
 }
 
 /// A configured prefix of /128 keys each address alone.
@@ -186,6 +213,11 @@ async fn header_key_and_missing_key_memory() {
     header_key_and_missing_key(store()).await;
 }
 
+#[tokio::test]
+async fn header_key_and_missing_key_redis() {
+    header_key_and_missing_key(redis_at("header_key_and_missing_key", clock()).await).await;
+}
+
 /// Keys longer than the cap are refused with 400 before reaching the store.
 async fn key_too_long<S: Store + 'static>(store: S) {
     let layer = RateLimitLayer::builder(store)
@@ -209,6 +241,11 @@ async fn key_too_long<S: Store + 'static>(store: S) {
 #[tokio::test]
 async fn key_too_long_memory() {
     key_too_long(store()).await;
+}
+
+#[tokio::test]
+async fn key_too_long_redis() {
+    key_too_long(redis_at("key_too_long", clock()).await).await;
 }
 
 /// Served without `ConnectInfo`, the peer is unknown: 400 saying how to fix it, or

@@ -6,7 +6,7 @@ use http::StatusCode;
 use tollgate::{Algorithm, MemoryStore, Store};
 use tollgate_tower::{Key, RateLimitLayer};
 
-use crate::common::{Waiting, get, hello, policy, serve};
+use crate::common::{Waiting, get, hello, policy, redis_time, serve};
 
 /// Limit 10 per second, burst 10: five requests sent together leave 100 ms apart.
 /// Real clock (the delay is real time); the tolerance allows for a loaded machine.
@@ -57,6 +57,12 @@ async fn leaky_bucket_spaces_requests<S: Store + 'static>(store: S) {
 #[tokio::test]
 async fn leaky_bucket_spaces_requests_memory() {
     leaky_bucket_spaces_requests(MemoryStore::new()).await;
+}
+
+/// On Redis `TIME`: the delays come from the Redis server's clock.
+#[tokio::test]
+async fn leaky_bucket_spaces_requests_redis() {
+    leaky_bucket_spaces_requests(redis_time("leaky").await).await;
 }
 
 #[tokio::test]

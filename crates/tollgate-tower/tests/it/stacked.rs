@@ -6,7 +6,7 @@ use http::StatusCode;
 use tollgate::{Algorithm, ManualClock, MemoryStore, Nanos, Store};
 use tollgate_tower::{Key, RateLimitLayer};
 
-use crate::common::{Waiting, get_with, hello, policy, serve};
+use crate::common::{Waiting, get_with, hello, policy, redis_at, serve};
 
 /// Per-client 2 per minute under `x-client`, global 3 per minute. A request denied
 /// by one policy consumes from none: neither the global count nor the other
@@ -76,4 +76,10 @@ async fn stacked_all_or_nothing_memory() {
 async fn stacked_all_or_nothing_waiting_store() {
     let clock = ManualClock::new(Nanos::from_secs(1_000_020));
     stacked_all_or_nothing(Waiting(MemoryStore::with_clock(clock))).await;
+}
+
+#[tokio::test]
+async fn stacked_all_or_nothing_redis() {
+    let clock = ManualClock::new(Nanos::from_secs(1_000_020));
+    stacked_all_or_nothing(redis_at("stacked", clock).await).await;
 }
