@@ -93,8 +93,10 @@
 //! `ConnectInfo<SocketAddr>`; with or without it, from a `SocketAddr` or `IpAddr`
 //! request extension.
 
+mod decide;
 mod error;
 mod forwarded;
+mod future;
 mod key;
 mod layer;
 mod response;
@@ -102,6 +104,7 @@ mod service;
 
 pub use error::BuildError;
 pub use forwarded::ProxyHeader;
+pub use future::{RateLimitBody, ResponseFuture};
 pub use ipnet::IpNet;
 pub use key::{ClientIp, DEFAULT_IPV6_PREFIX, Key};
 pub use layer::{DEFAULT_MAX_KEY_LEN, OnError, RateLimitBuilder, RateLimitLayer};
@@ -109,4 +112,4 @@ pub use response::{
     Denied, QUOTA_EXCEEDED_TYPE, RATELIMIT, RATELIMIT_POLICY, SEED_MESSAGE, X_RATELIMIT_LIMIT,
     X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
 };
-pub use service::{RateLimit, RateLimitBody, ResponseFuture};
+pub use service::RateLimit;

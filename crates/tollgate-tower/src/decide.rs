@@ -1,0 +1,251 @@
+//! Deciding one request: its keys and cost, the store's verdict (or the failure
+//! mode's), and the fields and refusals made from it.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use smallvec::SmallVec;
+use tollgate::{Check, Decision, Nanos, Store, Verdict};
+
+use crate::layer::{Mode, Shared};
+use crate::response::{self, Denied, RATELIMIT, RATELIMIT_POLICY};
+
+/// A request's store keys (`"<policy>:<client>"`, one per policy) and cost.
+pub(crate) struct Prepared {
+    pub(crate) keys: SmallVec<[String; 2]>,
+    pub(crate) cost: NonZeroU32,
+}
+
+/// Finds the request's keys and cost, or says why the request has no usable key.
+pub(crate) fn prepare<S>(shared: &Shared<S>, parts: &Parts) -> Result<Prepared, String> {
+    let cost = shared.cost.as_ref().map_or(NonZeroU32::MIN, |f| f(parts));
+    if let ([policy], [key]) = (&*shared.policies, &*shared.keys) {
+        // One policy: extract straight into its store key, one allocation.
+        let mut k = String::with_capacity(policy.name.len() + 48);
+        k.push_str(&policy.name);
+        k.push(':');
+        key.extract_into(parts, &mut k)
+            .map_err(|missing| missing.to_string())?;
+        check_len(k.len() - policy.name.len() - 1, shared.max_key_len)?;
+        let mut keys = SmallVec::new();
+        keys.push(k);
+        return Ok(Prepared { keys, cost });
+    }
+    let mut clients: SmallVec<[String; 2]> = SmallVec::new();
+    for key in shared.keys.iter() {
+        let mut client = String::new();
+        key.extract_into(parts, &mut client)
+            .map_err(|missing| missing.to_string())?;
+        check_len(client.len(), shared.max_key_len)?;
+        clients.push(client);
+    }
+    let keys = shared
+        .policies
+        .iter()
+        .map(|p| {
+            let client = clients.get(p.key).map_or("", String::as_str);
+            let mut k = String::with_capacity(p.name.len() + 1 + client.len());
+            k.push_str(&p.name);
+            k.push(':');
+            k.push_str(client);
+            k
+        })
+        .collect();
+    Ok(Prepared { keys, cost })
+}
+
+fn check_len(len: usize, max: usize) -> Result<(), String> {
+    if len > max {
+        return Err(format!(
+            "the rate-limit key is {len} bytes long; at most {max} are accepted"
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) async fn decide_owned<S: Store>(shared: Arc<Shared<S>>, prepared: Prepared) -> Decided {
+    decide(&shared, &prepared, true).await
+}
+
+/// What the store (or the failure mode) decided.
+pub(crate) enum Decided {
+    /// Every policy admits.
+    Admit {
+        /// The fields for the response. For a peek (`count_if`), what remains if
+        /// this request is not counted.
+        fields: Fields,
+        /// The `leaky_bucket` wait before the inner service is called.
+        delay: Nanos,
+    },
+    /// A 429 or a 503, ready to send.
+    Refuse(Response<Full<Bytes>>),
+    /// The store failed and the mode is `allow`.
+    Pass,
+}
+
+pub(crate) async fn decide<S: Store>(
+    shared: &Shared<S>,
+    prepared: &Prepared,
+    consume: bool,
+) -> Decided {
+    let checks = checks(shared, prepared, false);
+    let result = if consume {
+        shared.store.check(&checks).await
+    } else {
+        shared.store.peek(&checks).await
+    };
+    let mut verdict = match result {
+        Ok(verdict) => verdict,
+        Err(error) => match fallback(shared, &error, prepared, consume) {
+            Fallback::Decided(verdict) => verdict,
+            Fallback::Pass => return Decided::Pass,
+            Fallback::Unavailable => {
+                return Decided::Refuse(response::plain_problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the rate limiter cannot decide now; try again shortly",
+                ));
+            }
+        },
+    };
+    if verdict.allowed() {
+        if !consume {
+            uncount(&mut verdict, prepared.cost);
+        }
+        Decided::Admit {
+            fields: Fields::new(shared, &verdict),
+            delay: verdict.decision.delay,
+        }
+    } else {
+        Decided::Refuse(denied(shared, &verdict, prepared.cost))
+    }
+}
+
+/// One check per policy: with the shared store's policies, or the local share.
+pub(crate) fn checks<'a, S>(
+    shared: &'a Shared<S>,
+    prepared: &'a Prepared,
+    local: bool,
+) -> SmallVec<[Check<'a>; 4]> {
+    shared
+        .policies
+        .iter()
+        .zip(&prepared.keys)
+        .map(|(p, k)| {
+            let policy = if local { &p.local } else { &p.policy };
+            Check::new(k, policy).cost(prepared.cost)
+        })
+        .collect()
+}
+
+/// What the layer does instead of a verdict when the store failed.
+// A short-lived value: boxing the verdict would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Fallback {
+    Decided(Verdict),
+    Pass,
+    Unavailable,
+}
+
+pub(crate) fn fallback<S, E: std::error::Error>(
+    shared: &Shared<S>,
+    error: &E,
+    prepared: &Prepared,
+    consume: bool,
+) -> Fallback {
+    match &shared.on_error {
+        Mode::Deny => {
+            tracing::warn!(%error, on_error = "deny", consume, "rate-limit store failed");
+            Fallback::Unavailable
+        }
+        Mode::Allow => {
+            tracing::warn!(%error, on_error = "allow", consume, "rate-limit store failed");
+            Fallback::Pass
+        }
+        Mode::Local { store, .. } => {
+            tracing::warn!(%error, on_error = "local", consume, "rate-limit store failed");
+            match store.decide(&checks(shared, prepared, true), consume) {
+                Ok(verdict) => Fallback::Decided(verdict),
+                Err(local) => {
+                    tracing::warn!(%local, "the local rate limiter failed too");
+                    Fallback::Unavailable
+                }
+            }
+        }
+    }
+}
+
+/// The fields of a response that was not counted. The peek answered what would
+/// remain had the request been counted; nothing was, so each policy holds `cost`
+/// more (exact for every algorithm: `remaining` falls by exactly the cost on an
+/// admission). `reset_after` stays the peek's, an upper bound.
+fn uncount(verdict: &mut Verdict, cost: NonZeroU32) {
+    for d in verdict
+        .decisions
+        .iter_mut()
+        .chain(Some(&mut verdict.decision))
+    {
+        d.remaining = d.remaining.saturating_add(u64::from(cost.get()));
+    }
+}
+
+fn denied<S>(shared: &Shared<S>, verdict: &Verdict, cost: NonZeroU32) -> Response<Full<Bytes>> {
+    let names: SmallVec<[&str; 4]> = shared.policies.iter().map(|p| &*p.name).collect();
+    let retry_after = response::retry_after(verdict);
+    let denied = Denied {
+        verdict,
+        names: &names,
+        retry_after,
+        cost: cost.get(),
+    };
+    let mut response = match &shared.deny {
+        Some(f) => f(&denied),
+        None => response::too_many_requests(&denied),
+    };
+    Fields::new(shared, verdict).write(response.headers_mut());
+    if let Some(secs) = retry_after {
+        response::set_retry_after(response.headers_mut(), secs);
+    }
+    response
+}
+
+/// The fields one response gets, computed from a verdict so that neither the
+/// verdict nor the layer need be kept while the inner service runs.
+pub(crate) struct Fields {
+    policy: Option<HeaderValue>,
+    ratelimit: Option<HeaderValue>,
+    legacy: Option<Decision>,
+}
+
+impl Fields {
+    pub(crate) fn new<S>(shared: &Shared<S>, verdict: &Verdict) -> Self {
+        let items = shared
+            .policies
+            .iter()
+            .zip(&verdict.decisions)
+            .map(|(p, d)| (&*p.name, d));
+        Fields {
+            policy: shared.policy_header.clone(),
+            ratelimit: response::ratelimit_field(items),
+            legacy: shared.legacy_headers.then_some(verdict.decision),
+        }
+    }
+
+    /// Appends `RateLimit-Policy` and `RateLimit` (appended, so an outer layer's
+    /// items and ours form one list, as the draft allows), and the legacy fields
+    /// if asked for.
+    pub(crate) fn write(self, headers: &mut HeaderMap) {
+        if let Some(policy) = self.policy {
+            headers.append(RATELIMIT_POLICY, policy);
+        }
+        if let Some(value) = self.ratelimit {
+            headers.append(RATELIMIT, value);
+        }
+        if let Some(decision) = &self.legacy {
+            response::legacy_fields(headers, decision);
+        }
+    }
+}
