@@ -3,7 +3,7 @@
 //!
 //! A [`Scenario`] is deterministic traffic (virtual time, seeded random numbers);
 //! [`run`] offers it to each of tollgate's six algorithms under one limit and
-//! measures what each admitted; [`write`] puts the result in a folder: `index.html`
+//! measures what each admitted; [`write()`] puts the result in a folder: `index.html`
 //! (one page, charts inline, no scripts), `report.md`, one SVG chart per scenario,
 //! `report.json` with every figure, and `timings.json` with the machine-dependent
 //! ones.
@@ -70,6 +70,12 @@ pub fn policy(config: &LabConfig, algorithm: Algorithm) -> Policy {
         // LabConfig's ranges (limit 1..=10000, period 100ms..=1d) are all valid.
         Err(e) => unreachable!("a LabConfig makes a valid policy: {e}"),
     }
+}
+
+/// Runs `traffic` through `policy`: one [`Outcome`] per arrival, and what the run
+/// measured on the side (state bytes, disagreements with the pure functions, time).
+pub fn simulate(traffic: &Traffic, policy: &Policy) -> Run {
+    sim::run(traffic, policy)
 }
 
 /// Runs `scenarios` (in the order of [`Scenario::ALL`], each once) for every
@@ -146,7 +152,7 @@ pub fn run(config: &LabConfig, scenarios: &[Scenario]) -> Lab {
     }
 }
 
-/// What [`write`] puts in the folder besides the figures.
+/// What [`write()`] puts in the folder besides the figures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteOptions {
     /// Write `timings.json` and the nanoseconds-per-decision column. Off, every

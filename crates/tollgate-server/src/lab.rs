@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use tollgate::{Nanos, parse_duration};
 use tollgate_lab::{
-    LabConfig, MAX_LIMIT, MAX_NODES, MAX_PERIOD, MIN_PERIOD, Scenario, WriteError, WriteOptions,
-    human_duration,
+    ConfigError, LabConfig, MAX_LIMIT, MAX_NODES, MAX_PERIOD, MIN_PERIOD, Scenario, WriteError,
+    WriteOptions, human_duration,
 };
 
 use crate::cli::LabArgs;
@@ -148,11 +148,20 @@ pub fn config_from_args(args: &LabArgs) -> Result<(LabConfig, Vec<Scenario>), La
         })?,
         None => default.seed(),
     };
-    let config = LabConfig::new(limit, period, nodes, seed).map_err(|e| LabError::Flag {
-        flag: "--limit",
-        value: limit.to_string(),
-        message: e.to_string(),
-        hint: None,
+    // Each value was checked against the lab's ranges above; should they ever
+    // disagree, the message still names the flag.
+    let config = LabConfig::new(limit, period, nodes, seed).map_err(|e| {
+        let (flag, value) = match e {
+            ConfigError::Limit(l) => ("--limit", l.to_string()),
+            ConfigError::Period(p) => ("--period", format!("{:?}", human_duration(p))),
+            ConfigError::Nodes(n) => ("--nodes", n.to_string()),
+        };
+        LabError::Flag {
+            flag,
+            value,
+            message: e.to_string(),
+            hint: None,
+        }
     })?;
     let mut scenarios = Vec::new();
     for name in &args.scenario {
@@ -211,12 +220,15 @@ fn period(text: &str) -> Result<Nanos, LabError> {
         human_duration(MAX_PERIOD)
     );
     let p = parse_duration(text).map_err(|_| {
-        let err = LabError::flag(
-            "--period",
-            text,
-            "invalid duration: expected a whole number followed by a unit: ms, s, m or h \
-             (also ns, us, d), e.g. 500ms, 15s, 1m",
-        );
+        // A period is always shown quoted, as `simulate` shows it.
+        let err = LabError::Flag {
+            flag: "--period",
+            value: format!("{text:?}"),
+            message: "invalid duration: expected a whole number followed by a unit: ms, s, \
+                      m or h (also ns, us, d), e.g. 500ms, 15s, 1m"
+                .to_owned(),
+            hint: None,
+        };
         if whole(text.trim()).is_some() {
             err.hinted(format!("add a unit, e.g. \"{}s\"", text.trim()))
         } else {

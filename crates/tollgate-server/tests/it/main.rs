@@ -3,5 +3,6 @@
 
 mod common;
 mod errors;
+mod lab;
 mod serve;
 mod simulate;
