@@ -32,7 +32,7 @@ const COLOURS: [RGBColor; 6] = [
 /// often): the lines are drawn widest first, so coinciding lines show as nested
 /// bands of their colours and none hides another.
 const WIDTHS: [u32; 6] = [10, 6, 2, 8, 2, 4];
-const OFFERED: RGBColor = RGBColor(170, 170, 170);
+const OFFERED: RGBColor = RGBColor(110, 110, 110);
 const IDEAL: RGBColor = RGBColor(0, 0, 0);
 
 /// The colour of the algorithm at `index` in `Algorithm::ALL` (for the HTML page's
@@ -147,12 +147,6 @@ fn per_bucket(
         }
         points
     };
-    chart
-        .draw_series(LineSeries::new(
-            steps(&scenario.offered_series, y_end),
-            OFFERED.stroke_width(2),
-        ))
-        .map_err(err)?;
     for i in draw_order(scenario.results.len()) {
         let r = &scenario.results[i];
         chart
@@ -162,6 +156,15 @@ fn per_bucket(
             ))
             .map_err(err)?;
     }
+    // The offered load last, thin and dashed, so it shows over the admitted lines.
+    chart
+        .draw_series(DashedLineSeries::new(
+            steps(&scenario.offered_series, y_end),
+            6,
+            4,
+            OFFERED.stroke_width(2),
+        ))
+        .map_err(err)?;
     Ok(())
 }
 
@@ -173,7 +176,8 @@ fn cumulative(
     let bucket = config.bucket_ns;
     let n = scenario.offered_series.len();
     let x_end = secs(bucket * n as u64);
-    let ideal_end = f64::from(config.limit) * x_end / secs(config.period_ns);
+    let start = secs(scenario.first_arrival_ns);
+    let ideal_end = f64::from(config.limit) * (x_end - start).max(0.0) / secs(config.period_ns);
     let top = scenario
         .results
         .iter()
@@ -184,7 +188,7 @@ fn cumulative(
     let mut chart = ChartBuilder::on(area)
         .caption(
             format!(
-                "Cumulative admitted, against the ideal {} per {}",
+                "Cumulative admitted, against the ideal {} per {} from the first request",
                 config.limit, config.period
             ),
             ("sans-serif", 16),
@@ -205,7 +209,7 @@ fn cumulative(
         .map_err(err)?;
     chart
         .draw_series(DashedLineSeries::new(
-            [(0.0, 0.0), (x_end, ideal_end)],
+            [(start, 0.0), (x_end, ideal_end)],
             8,
             6,
             IDEAL.stroke_width(2),
@@ -265,11 +269,13 @@ fn draw_legend(
             y += 18;
         }
     }
-    area.draw(&PathElement::new(
-        [(x, y + 8), (x + 30, y + 8)],
-        OFFERED.stroke_width(2),
-    ))
-    .map_err(err)?;
+    for (a, b) in [(x, x + 8), (x + 11, x + 19), (x + 22, x + 30)] {
+        area.draw(&PathElement::new(
+            [(a, y + 8), (b, y + 8)],
+            OFFERED.stroke_width(2),
+        ))
+        .map_err(err)?;
+    }
     area.draw(&Text::new(
         "offered (upper panel)",
         (x + 40, y),

@@ -119,6 +119,7 @@ pub fn run(config: &LabConfig, scenarios: &[Scenario]) -> Lab {
             description: scenario.description(config),
             duration_ns: traffic.duration.as_u64(),
             offered: traffic.arrivals.len() as u64,
+            first_arrival_ns: traffic.arrivals.first().map_or(0, |a| a.at.as_u64()),
             chart: format!("{}.svg", scenario.name()),
             charted: match traffic.charted {
                 None => "all clients".to_owned(),

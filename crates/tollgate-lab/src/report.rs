@@ -55,6 +55,9 @@ pub struct ScenarioResult {
     pub duration_ns: u64,
     /// Requests offered (the same for every algorithm).
     pub offered: u64,
+    /// When the first request arrives, from the start, in nanoseconds (the ideal
+    /// line of the charts starts there).
+    pub first_arrival_ns: u64,
     /// The chart's file name.
     pub chart: String,
     /// Whose requests the series count: `all clients` or one client.
