@@ -16,6 +16,9 @@ use crate::forwarded::{self, ProxyHeader};
 /// single subscriber usually gets, and hopping between its addresses is free.
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 
+/// The longest user agent [`Key::client`] keeps as it is; longer ones are hashed.
+pub const MAX_AGENT_LEN: usize = 128;
+
 type KeyFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
 
 /// Where a request's rate-limit key comes from.
@@ -70,7 +73,9 @@ impl Key {
     }
 
     /// The seed service's `client` key: `"<ip>_<user agent>"`, with the peer's
-    /// address (an absent `User-Agent` counts as empty).
+    /// address (an absent `User-Agent` counts as empty). A user agent longer than
+    /// [`MAX_AGENT_LEN`] bytes is replaced by `#` and 16 hex digits of its 64-bit
+    /// FNV-1a hash, so a long but legitimate one does not exceed the key cap.
     pub fn client() -> Self {
         Key::client_with(ClientIp::new())
     }
@@ -141,7 +146,7 @@ impl Key {
             Source::Client(ip) => ip.find_into(parts, out).map(|()| {
                 out.push('_');
                 if let Some(agent) = parts.headers.get(USER_AGENT) {
-                    out.push_str(&String::from_utf8_lossy(agent.as_bytes()));
+                    push_agent(out, agent.as_bytes());
                 }
             }),
             Source::Header(Ok(name)) => {
@@ -191,6 +196,20 @@ impl fmt::Debug for Key {
         };
         d.field("fallback", &self.fallback).finish()
     }
+}
+
+/// Appends a user agent, or for a long one `#` and its FNV-1a hash: the same in
+/// every process and release, since a fleet shares keys through its store.
+fn push_agent(out: &mut String, agent: &[u8]) {
+    if agent.len() <= MAX_AGENT_LEN {
+        out.push_str(&String::from_utf8_lossy(agent));
+        return;
+    }
+    let hash = agent.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    // Writing to a String cannot fail.
+    let _ = write!(out, "#{hash:016x}");
 }
 
 /// What a request lacked to make a key.
@@ -365,6 +384,29 @@ mod tests {
         assert_eq!(Key::client().extract(&p).unwrap(), "203.0.113.7_curl/8.0");
         let p = parts_from("203.0.113.7:1", &[]);
         assert_eq!(Key::client().extract(&p).unwrap(), "203.0.113.7_");
+    }
+
+    #[test]
+    fn long_user_agents_are_hashed_apart() {
+        let long_a = "a".repeat(300);
+        let long_b = "b".repeat(300);
+        let a = Key::client()
+            .extract(&parts_from("203.0.113.7:1", &[("user-agent", &long_a)]))
+            .unwrap();
+        let b = Key::client()
+            .extract(&parts_from("203.0.113.7:1", &[("user-agent", &long_b)]))
+            .unwrap();
+        assert!(a.starts_with("203.0.113.7_#") && a.len() == "203.0.113.7_#".len() + 16);
+        assert_ne!(a, b);
+        // Golden value: a fleet's nodes must agree, so the hash must never change.
+        let mut out = String::new();
+        push_agent(&mut out, &[b'x'; MAX_AGENT_LEN + 1]);
+        assert_eq!(out, "#78d48e38324d7507");
+        let at_limit = "c".repeat(MAX_AGENT_LEN);
+        let c = Key::client()
+            .extract(&parts_from("203.0.113.7:1", &[("user-agent", &at_limit)]))
+            .unwrap();
+        assert_eq!(c, format!("203.0.113.7_{at_limit}"));
     }
 
     #[test]

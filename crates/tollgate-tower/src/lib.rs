@@ -106,7 +106,7 @@ pub use error::BuildError;
 pub use forwarded::ProxyHeader;
 pub use future::{RateLimitBody, ResponseFuture};
 pub use ipnet::IpNet;
-pub use key::{ClientIp, DEFAULT_IPV6_PREFIX, Key};
+pub use key::{ClientIp, DEFAULT_IPV6_PREFIX, Key, MAX_AGENT_LEN};
 pub use layer::{DEFAULT_MAX_KEY_LEN, OnError, RateLimitBuilder, RateLimitLayer};
 pub use response::{
     Denied, QUOTA_EXCEEDED_TYPE, RATELIMIT, RATELIMIT_POLICY, SEED_MESSAGE, X_RATELIMIT_LIMIT,
