@@ -40,8 +40,12 @@ impl Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the HTTP rate limit server (the default). It arrives in a later release.
+    /// Run the HTTP rate limit server (the default): the decision API, health,
+    /// metrics, and every other path as the protected API.
+    #[command(long_about = SERVE_LONG_ABOUT)]
     Serve(ServeArgs),
+    /// Check a configuration file and print the effective configuration.
+    CheckConfig(CheckConfigArgs),
     /// Replay a CSV trace of requests through one policy on a manual clock.
     #[command(long_about = SIMULATE_LONG_ABOUT)]
     Simulate(SimulateArgs),
@@ -70,6 +74,22 @@ Examples:
   tollgate lab --scenario boundary_attack --limit 10 --period 1s --out /tmp/lab
   tollgate lab --list";
 
+const SERVE_LONG_ABOUT: &str = "\
+Run the HTTP rate limit server (the default command).
+
+Listens on 127.0.0.1:8000 with the in-memory store and the seed-compatible preset
+(per-client token_bucket 1 per 15s, global token_bucket 15 per 15s) unless told
+otherwise. Configuration comes from a TOML file (--config or TOLLGATE_CONFIG), then
+the environment (RATE_LIMITER_ALGORITHM, REDIS_HOST, REDIS_PORT, REDIS_DB, PORT,
+TOLLGATE_LISTEN, TOLLGATE_STORE_URL, TOLLGATE_KEY_PREFIX, TOLLGATE_ADMIN_TOKEN), then
+flags; each overrides the one before. Invalid configuration stops start-up with a
+message naming the file, line and field (exit status 2).
+
+Routes: POST /v1/check, POST /v1/peek, POST /v1/reset, GET /v1/policies,
+GET /healthz, GET /readyz, GET /metrics, GET /openapi.json; anything else is the
+protected API. SIGTERM or SIGINT stops accepting connections, answers the requests
+in flight, and exits 0.";
+
 const SIMULATE_LONG_ABOUT: &str = "\
 Replay a CSV trace of requests through one policy on a manual clock.
 
@@ -92,17 +112,30 @@ Example:
   printf 'time_ms,key,cost\\n0,alice,1\\n0,alice,1\\n0,alice,1\\n' \\
     | tollgate simulate --algorithm gcra --limit 2 --period 1s";
 
-/// Flags of `tollgate serve`. Accepted now so scripts keep working when the server
-/// arrives; not used yet.
+/// Flags of `tollgate serve`. They override the configuration file and the
+/// environment.
 #[derive(Clone, Debug, Default, Args)]
 pub struct ServeArgs {
-    /// Port to listen on (the server will default to 8000). Accepted, not used yet.
+    /// Port to listen on (default 8000; 0 picks a free one). Overrides PORT and
+    /// server.listen's port.
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
 
-    /// TOML configuration file. Accepted, not read yet.
+    /// TOML configuration file (or TOLLGATE_CONFIG).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// Log as JSON lines instead of text (TOLLGATE_LOG sets the level, default info).
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+/// Flags of `tollgate check-config`.
+#[derive(Clone, Debug, Args)]
+pub struct CheckConfigArgs {
+    /// The TOML configuration file to check.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
 }
 
 /// Flags of `tollgate simulate`.

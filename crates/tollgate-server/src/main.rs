@@ -1,11 +1,17 @@
-//! `tollgate`: the rate limit server (`serve`, the default), the deterministic
-//! simulator (`simulate`) and the lab (`lab`).
+//! `tollgate`: the rate limit server (`serve`, the default), `check-config`, the
+//! deterministic simulator (`simulate`) and the lab (`lab`).
 //!
 //! Exit status: 0 on success (and when stdout's reader goes away early), 1 when
 //! reading the input or writing the output failed, 2 on bad flags or bad input.
 
+mod api;
+mod app;
+mod backend;
 mod cli;
+mod config;
 mod lab;
+mod metrics;
+mod proxy;
 mod records;
 mod serve;
 mod simulate;
@@ -28,11 +34,26 @@ fn main() -> ExitCode {
         }
     };
     match cli.into_command() {
-        Command::Serve(args) => {
-            // Best effort: nothing useful to do if stderr is closed.
-            let _ = serve::run(&args, io::stderr().lock());
-            ExitCode::SUCCESS
-        }
+        Command::Serve(args) => match serve::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                let _ = writeln!(io::stderr().lock(), "error: {err}");
+                ExitCode::from(err.exit_code())
+            }
+        },
+        Command::CheckConfig(args) => match config::from_file(&args.file) {
+            Ok(config) => {
+                let mut stdout = io::stdout().lock();
+                let _ = write!(stdout, "{}", config::render(&config));
+                let mut stderr = io::stderr().lock();
+                let _ = writeln!(stderr, "{}: valid", args.file.display());
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                let _ = writeln!(io::stderr().lock(), "error: invalid configuration: {err}");
+                ExitCode::from(2)
+            }
+        },
         Command::Simulate(args) => match simulate::main(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) if err.is_broken_pipe() => ExitCode::SUCCESS,

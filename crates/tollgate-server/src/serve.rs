@@ -1,63 +1,162 @@
-//! `tollgate serve`: a placeholder until the HTTP server arrives.
-//!
-//! It says what the server will do, that the flags it was given are not used yet,
-//! and where to go meanwhile; then the process exits with status 0.
+//! `tollgate serve`: load the configuration, connect the store, serve until SIGTERM
+//! or SIGINT, then finish the requests in flight and exit.
 
-use std::io::{self, Write};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use tollgate::MemoryStore;
+use tollgate_redis::RedisStore;
+
+use crate::app::{AppState, app};
+use crate::backend::Backend;
 use crate::cli::ServeArgs;
+use crate::config::{self, Config, Flags, redact};
 
-/// Writes the placeholder message for `args` to `out` (stderr in the binary).
-pub fn run(args: &ServeArgs, mut out: impl Write) -> io::Result<()> {
-    writeln!(
-        out,
-        "tollgate serve: the HTTP server arrives in a later release; nothing is served yet.\n\
-         When it arrives, it will listen on 127.0.0.1:8000 with the in-memory store and the\n\
-         seed-compatible preset: per-client token_bucket 1 per 15s, global token_bucket 15 per 15s."
-    )?;
-    if let Some(port) = args.port {
-        writeln!(out, "note: --port {port} is accepted but not used yet.")?;
-    }
-    if let Some(config) = &args.config {
-        writeln!(
-            out,
-            "note: --config {:?} is accepted but not read yet.",
-            config.display().to_string()
-        )?;
-    }
-    writeln!(
-        out,
-        "Meanwhile, replay traffic through any algorithm with the simulator: tollgate simulate --help"
-    )?;
-    out.flush()
+/// Why the server stopped early.
+#[derive(Debug)]
+pub enum ServeError {
+    /// Invalid configuration (exit status 2).
+    Config(config::ConfigError),
+    /// The store, the listener or the runtime failed (exit status 1).
+    Runtime(String),
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_the_plan_and_the_ignored_flags() {
-        let mut out = Vec::new();
-        let args = ServeArgs {
-            port: Some(9000),
-            config: Some("tollgate.toml".into()),
-        };
-        run(&args, &mut out).expect("writing to a Vec cannot fail");
-        let text = String::from_utf8(out).expect("utf-8");
-        assert!(text.contains("later release"), "{text}");
-        assert!(text.contains("127.0.0.1:8000"), "{text}");
-        assert!(text.contains("--port 9000"), "{text}");
-        assert!(text.contains("--config \"tollgate.toml\""), "{text}");
-        assert!(text.contains("tollgate simulate --help"), "{text}");
+impl fmt::Display for ServeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServeError::Config(e) => write!(f, "invalid configuration: {e}"),
+            ServeError::Runtime(e) => f.write_str(e),
+        }
     }
+}
 
-    #[test]
-    fn says_nothing_of_flags_not_given() {
-        let mut out = Vec::new();
-        run(&ServeArgs::default(), &mut out).expect("writing to a Vec cannot fail");
-        let text = String::from_utf8(out).expect("utf-8");
-        assert!(!text.contains("--port"), "{text}");
-        assert!(!text.contains("--config"), "{text}");
+impl ServeError {
+    /// The process exit status.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServeError::Config(_) => 2,
+            ServeError::Runtime(_) => 1,
+        }
     }
+}
+
+/// Loads the configuration from `flags` and the process environment.
+pub fn configuration(flags: &Flags) -> Result<Config, ServeError> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    config::load(flags, &env).map_err(ServeError::Config)
+}
+
+/// Connects the configured store.
+pub async fn backend(config: &Config) -> Result<Backend, ServeError> {
+    let s = &config.store;
+    if s.url == "memory://" {
+        return Ok(Backend::memory(
+            MemoryStore::builder().max_keys(s.max_keys).build(),
+        ));
+    }
+    let store = RedisStore::builder(s.url.clone())
+        .key_prefix(s.key_prefix.clone())
+        .timeout(s.timeout)
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| {
+            ServeError::Runtime(format!("cannot use the store at {}: {e}", redact(&s.url)))
+        })?;
+    Ok(Backend::redis(store))
+}
+
+/// Runs the server until a shutdown signal.
+pub fn run(args: &ServeArgs) -> Result<(), ServeError> {
+    let flags = Flags {
+        config: args.config.clone(),
+        port: args.port,
+    };
+    let config = configuration(&flags)?;
+    init_logs(args.log_json);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ServeError::Runtime(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(serve(config, shutdown_signal()))
+}
+
+/// Serves `config` until `shutdown` completes, then drains.
+pub async fn serve(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    for note in &config.notes {
+        tracing::info!("{note}");
+    }
+    let backend = backend(&config).await?;
+    let listen = config.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| ServeError::Runtime(format!("cannot listen on {listen}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| ServeError::Runtime(format!("cannot read the listening address: {e}")))?;
+    tracing::info!(
+        listen = %local,
+        store = %redact(&config.store.url),
+        preset = config.preset.map(|p| p.name()).unwrap_or("(none: policies from the file)"),
+        policies = %config.policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(","),
+        "tollgate is serving"
+    );
+    let state = Arc::new(AppState::new(config, backend));
+    let router = app(state)
+        .map_err(|e| ServeError::Runtime(format!("cannot build the protected routes: {e}")))?;
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(|e| ServeError::Runtime(format!("the server failed: {e}")))?;
+    tracing::info!("tollgate stopped: every request in flight was answered");
+    Ok(())
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never into a log file or a pipe.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal: finishing the requests in flight");
 }

@@ -2,7 +2,11 @@
 //! `tollgate` executable, one module per concern.
 
 mod common;
+mod deploy;
 mod errors;
+mod http;
 mod lab;
+mod redis_store;
+mod running;
 mod serve;
 mod simulate;

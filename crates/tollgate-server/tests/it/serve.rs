@@ -1,49 +1,7 @@
-//! `tollgate` with no subcommand, `tollgate serve`, and `--help`.
+//! The command line around `serve`: usage errors, `--help`, `--version`,
+//! `check-config`. The server itself is tested over HTTP in `http.rs`.
 
 use crate::common::tollgate;
-
-fn assert_placeholder(args: &[&str]) -> String {
-    let run = tollgate(args, "");
-    assert_eq!(run.status, 0, "{run:?}");
-    assert_eq!(run.stdout, "", "{run:?}");
-    for needle in [
-        "later release",
-        "127.0.0.1:8000",
-        "in-memory store",
-        "preset",
-        "tollgate simulate --help",
-    ] {
-        assert!(run.stderr.contains(needle), "{needle:?} in {run:?}");
-    }
-    run.stderr
-}
-
-#[test]
-fn no_arguments_runs_serve() {
-    let stderr = assert_placeholder(&[]);
-    assert!(!stderr.contains("--port"), "{stderr}");
-}
-
-#[test]
-fn serve_explains_itself() {
-    assert_placeholder(&["serve"]);
-}
-
-#[test]
-fn serve_accepts_and_ignores_port_and_config() {
-    let stderr = assert_placeholder(&["serve", "--port", "9000", "--config", "tollgate.toml"]);
-    assert!(
-        stderr.contains("--port 9000 is accepted but not used yet"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("--config \"tollgate.toml\" is accepted but not read yet"),
-        "{stderr}"
-    );
-    // The same flags without the subcommand mean serve too.
-    let stderr = assert_placeholder(&["--port", "9000"]);
-    assert!(stderr.contains("--port 9000"), "{stderr}");
-}
 
 #[test]
 fn a_bad_port_is_a_usage_error() {
@@ -87,4 +45,39 @@ fn version_works() {
 fn an_unknown_subcommand_is_a_usage_error() {
     let run = tollgate(&["frobnicate"], "");
     assert_eq!(run.status, 2, "{run:?}");
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration() {
+    let good = crate::common::scratch_file(
+        "good.toml",
+        b"[store]\ntimeout = \"20ms\"\n[[policy]]\nname = \"api\"\nalgorithm = \"gcra\"\nlimit = 10\nperiod = \"1s\"\nburst = 20\n",
+    );
+    let run = tollgate(&["check-config", good.to_str().expect("path")], "");
+    assert_eq!(run.status, 0, "{run:?}");
+    for line in [
+        "listen = \"127.0.0.1:8000\"",
+        "timeout = \"20ms\"",
+        "name = \"api\"",
+        "algorithm = \"gcra\"",
+        "burst = 20",
+        "policies = [\"api\"]",
+    ] {
+        assert!(run.stdout.contains(line), "{line:?} in {run:?}");
+    }
+    let bad = crate::common::scratch_file("bad.toml", b"[store]\nnodes = 0\n");
+    let run = tollgate(&["check-config", bad.to_str().expect("path")], "");
+    assert_eq!(run.status, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("bad.toml:2: store.nodes: 0 is out of range"),
+        "{run:?}"
+    );
+    let missing = good.with_file_name("missing.toml");
+    let run = tollgate(&["check-config", missing.to_str().expect("path")], "");
+    assert_eq!(run.status, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("cannot read the configuration file"),
+        "{run:?}"
+    );
 }

@@ -1,0 +1,115 @@
+//! `/metrics`: Prometheus text, with the prometheus-client crate.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    policy: String,
+    outcome: String,
+}
+
+/// The server's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<DecisionLabels, Counter>,
+    latency: Histogram,
+    errors: Counter,
+    fallback: Gauge,
+    keys: Gauge,
+    failing: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tollgate");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Decisions by policy (the reported one of a stack) and outcome (allowed, denied)",
+            decisions.clone(),
+        );
+        // 50 us to about 1.6 s.
+        let latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        registry.register(
+            "store_latency_seconds",
+            "Time the store took to answer a decision",
+            latency.clone(),
+        );
+        let errors = Counter::default();
+        registry.register(
+            "store_errors",
+            "Store calls that failed or timed out",
+            errors.clone(),
+        );
+        let fallback = Gauge::default();
+        registry.register(
+            "fallback_active",
+            "1 while the store fails and on_error answers instead",
+            fallback.clone(),
+        );
+        let keys = Gauge::default();
+        registry.register(
+            "keys_held",
+            "Keys the in-memory store holds (0 for Redis)",
+            keys.clone(),
+        );
+        Metrics {
+            registry,
+            decisions,
+            latency,
+            errors,
+            fallback,
+            keys,
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts a decision.
+    pub fn decision(&self, policy: &str, allowed: bool) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                policy: policy.to_owned(),
+                outcome: if allowed { "allowed" } else { "denied" }.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records one store call's time and outcome; returns true when this call
+    /// changed whether the store is failing (for a log line).
+    pub fn store_call(&self, took: Duration, ok: bool) -> bool {
+        self.latency.observe(took.as_secs_f64());
+        if !ok {
+            self.errors.inc();
+        }
+        let changed = self.failing.swap(!ok, Ordering::Relaxed) == ok;
+        self.fallback.set(i64::from(!ok));
+        changed
+    }
+
+    /// The text exposition, with `keys` as the current key count.
+    pub fn render(&self, keys: Option<usize>) -> String {
+        self.keys
+            .set(keys.map_or(0, |k| i64::try_from(k).unwrap_or(i64::MAX)));
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

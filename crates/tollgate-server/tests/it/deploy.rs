@@ -1,0 +1,115 @@
+//! The deployment files cannot be built here (no Docker, no cluster), so they are
+//! read: each YAML file parses, and its ports, probe paths and settings agree with
+//! what the binary does.
+
+use std::path::PathBuf;
+
+use serde_yaml_ng::Value;
+
+use crate::running::{client, start};
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn documents(path: &str) -> Vec<Value> {
+    let text = read(path);
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| {
+            serde::Deserialize::deserialize(d)
+                .unwrap_or_else(|e| panic!("{path} does not parse: {e}"))
+        })
+        .collect()
+}
+
+#[test]
+fn the_dockerfile_builds_in_two_stages_and_listens_on_every_interface() {
+    let text = read("Dockerfile");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("FROM ")).count(),
+        2,
+        "multi-stage"
+    );
+    assert!(
+        text.contains("ENV TOLLGATE_LISTEN=0.0.0.0:8000"),
+        "binds 0.0.0.0 inside the container"
+    );
+    assert!(text.contains("EXPOSE 8000"));
+    assert!(text.contains("cargo build --release --locked -p tollgate-server"));
+}
+
+#[test]
+fn compose_runs_two_nodes_on_one_redis() {
+    let doc = documents("compose.yaml").remove(0);
+    let services = &doc["services"];
+    assert!(
+        services["redis"]["image"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("redis:7"))
+    );
+    for node in ["tollgate-a", "tollgate-b"] {
+        let env = &services[node]["environment"];
+        assert_eq!(
+            env["RATE_LIMITER_ALGORITHM"], "redis_token_bucket",
+            "{node}"
+        );
+        assert_eq!(
+            env["REDIS_HOST"], "redis",
+            "{node} reaches the redis service"
+        );
+        assert_eq!(env["TOLLGATE_LISTEN"], "0.0.0.0:8000", "{node}");
+        let port = services[node]["ports"][0].as_str().expect("a port mapping");
+        assert!(
+            port.ends_with(":8000"),
+            "{node} maps the listening port: {port}"
+        );
+        assert_eq!(services[node]["build"]["dockerfile"], "Dockerfile");
+    }
+}
+
+#[tokio::test]
+async fn kubernetes_probes_and_ports_match_the_server() {
+    let docs = documents("deploy/kubernetes/tollgate.yaml");
+    let kind = |k: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == k)
+            .unwrap_or_else(|| panic!("no {k}"))
+    };
+    let toml = kind("ConfigMap")["data"]["tollgate.toml"]
+        .as_str()
+        .expect("tollgate.toml in the ConfigMap");
+    let conf = crate::common::scratch_file("k8s.toml", toml.as_bytes());
+    let run = crate::common::tollgate(&["check-config", conf.to_str().expect("path")], "");
+    assert_eq!(
+        run.status, 0,
+        "the ConfigMap's configuration is valid: {run:?}"
+    );
+    assert!(run.stdout.contains("listen = \"0.0.0.0:8000\""), "{run:?}");
+
+    let container = &kind("Deployment")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["ports"][0]["containerPort"], 8000);
+    assert_eq!(container["args"][2], "/etc/tollgate/tollgate.toml");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["port"], 8000, "{probe}");
+    }
+    assert_eq!(kind("Service")["spec"]["ports"][0]["targetPort"], 8000);
+
+    // And the probe paths answer 200 on a running server.
+    let s = start(&[], &[]);
+    for path in ["/readyz", "/healthz"] {
+        let r = client()
+            .get(format!("{}{path}", s.base))
+            .send()
+            .await
+            .expect("probe");
+        assert_eq!(r.status(), 200, "{path}");
+    }
+}

@@ -1,0 +1,93 @@
+//! Starting `tollgate serve` on a free port and talking to it over HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+/// A running server; dropping it kills it.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub log: mpsc::Receiver<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary with `args` and `env` on an ephemeral port (`--port 0`), and
+/// waits for its "serving" line to learn the port.
+pub fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--port", "0"]).args(args);
+    for var in [
+        "RATE_LIMITER_ALGORITHM",
+        "REDIS_HOST",
+        "REDIS_PORT",
+        "REDIS_DB",
+        "PORT",
+        "TOLLGATE_CONFIG",
+        "TOLLGATE_STORE_URL",
+        "TOLLGATE_LISTEN",
+        "TOLLGATE_ADMIN_TOKEN",
+        "TOLLGATE_KEY_PREFIX",
+        "MASTER_NODE",
+        "TOLLGATE_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the tollgate binary");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(line) => {
+                if let Some(addr) = line.split("listen=").nth(1) {
+                    let addr = addr
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    return Server {
+                        child,
+                        base: format!("http://{addr}"),
+                        log: rx,
+                    };
+                }
+                seen.push(line);
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the server did not start: {}", seen.join("\n"));
+            }
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().build().expect("http client")
+}
