@@ -195,6 +195,11 @@ impl<S: Store> RateLimitBuilder<S> {
     /// This is not atomic: requests in flight together are all peeked before any is
     /// counted, so up to the concurrency level may pass beyond the limit.
     /// `leaky_bucket` policies cannot be used with it.
+    ///
+    /// A counted response carries the fields of its check. An uncounted one carries
+    /// what remains (exact: the peek's `remaining` plus the cost it did not take)
+    /// and the peek's `t`, an upper bound (a peek cannot tell when the state would
+    /// be fresh without this request).
     pub fn count_if<F>(mut self, f: F) -> Self
     where
         F: Fn(StatusCode) -> bool + Send + Sync + 'static,
