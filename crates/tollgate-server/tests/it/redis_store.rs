@@ -273,6 +273,11 @@ async fn on_error_modes_while_redis_is_down_and_recovery_without_restart() {
             .await
             .expect("readyz");
         assert_eq!(r.status(), 503, "{mode}: not ready while the store is down");
+        let metrics = metrics_text(&s.base).await;
+        assert!(
+            metrics.contains("tollgate_fallback_active 1"),
+            "{mode}: {metrics}"
+        );
     }
     let _redis = PrivateRedis::start_on(port);
     for (mode, s) in &servers {
@@ -294,7 +299,32 @@ async fn on_error_modes_while_redis_is_down_and_recovery_without_restart() {
             .await
             .expect("readyz");
         assert_eq!(r.status(), 200, "{mode}: ready again");
+        let metrics = metrics_text(&s.base).await;
+        assert!(
+            metrics.contains("tollgate_fallback_active 0"),
+            "{mode}: {metrics}"
+        );
+        let log: Vec<String> = s.log.try_iter().collect();
+        assert!(
+            log.iter().any(|l| l.contains("store failed")),
+            "{mode}: a log line says the fallback started: {log:?}"
+        );
+        assert!(
+            log.iter().any(|l| l.contains("answers again")),
+            "{mode}: and that it stopped: {log:?}"
+        );
     }
+}
+
+async fn metrics_text(base: &str) -> String {
+    client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
