@@ -130,15 +130,12 @@ pub(crate) fn checks<'a, S>(
     prepared: &'a Prepared,
     local: bool,
 ) -> SmallVec<[Check<'a>; 4]> {
-    shared
-        .policies
-        .iter()
-        .zip(&prepared.keys)
-        .map(|(p, k)| {
-            let policy = if local { &p.local } else { &p.policy };
-            Check::new(k, policy).cost(prepared.cost)
-        })
-        .collect()
+    let mut checks = SmallVec::new();
+    for (p, k) in shared.policies.iter().zip(&prepared.keys) {
+        let policy = if local { &p.local } else { &p.policy };
+        checks.push(Check::new(k, policy).cost(prepared.cost));
+    }
+    checks
 }
 
 /// What the layer does instead of a verdict when the store failed.
