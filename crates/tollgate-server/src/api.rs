@@ -265,41 +265,55 @@ fn ms(n: Nanos) -> u64 {
     n.as_millis_ceil()
 }
 
-fn decision_json(name: &str, d: &Decision) -> Value {
-    let mut v = json!({
-        "allowed": d.allowed,
-        "policy": name,
-        "limit": d.limit,
-        "remaining": d.remaining,
-        "reset_after_ms": ms(d.reset_after),
-        "retry_after_ms": d.retry_after.map(ms),
-        "delay_ms": ms(d.delay),
-    });
-    if let (Some(reason), Some(map)) = (d.reason, v.as_object_mut()) {
-        map.insert("reason".to_owned(), Value::String(reason.name().to_owned()));
+/// A decision as the API answers it.
+#[derive(serde::Serialize)]
+struct DecisionOut<'a> {
+    allowed: bool,
+    policy: &'a str,
+    limit: u32,
+    remaining: u64,
+    reset_after_ms: u64,
+    retry_after_ms: Option<u64>,
+    delay_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decisions: Option<Vec<DecisionOut<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fallback: Option<&'static str>,
+}
+
+fn decision_out<'a>(name: &'a str, d: &Decision) -> DecisionOut<'a> {
+    DecisionOut {
+        allowed: d.allowed,
+        policy: name,
+        limit: d.limit,
+        remaining: d.remaining,
+        reset_after_ms: ms(d.reset_after),
+        retry_after_ms: d.retry_after.map(ms),
+        delay_ms: ms(d.delay),
+        reason: d.reason.map(|r| r.name()),
+        decisions: None,
+        fallback: None,
     }
-    v
 }
 
 fn verdict_response(
     wanted: &[Wanted],
     verdict: &Verdict,
-    extra: Option<(&str, Value)>,
+    fallback: Option<&'static str>,
 ) -> Response {
-    let mut body = decision_json(&wanted[verdict.index].name, &verdict.decision);
-    if let Some(map) = body.as_object_mut() {
-        if wanted.len() > 1 {
-            let all: Vec<Value> = wanted
+    let mut body = decision_out(&wanted[verdict.index].name, &verdict.decision);
+    if wanted.len() > 1 {
+        body.decisions = Some(
+            wanted
                 .iter()
                 .zip(&verdict.decisions)
-                .map(|(w, d)| decision_json(&w.name, d))
-                .collect();
-            map.insert("decisions".to_owned(), Value::Array(all));
-        }
-        if let Some((k, v)) = extra {
-            map.insert(k.to_owned(), v);
-        }
+                .map(|(w, d)| decision_out(&w.name, d))
+                .collect(),
+        );
     }
+    body.fallback = fallback;
     let status = if verdict.allowed() {
         StatusCode::OK
     } else {
@@ -307,11 +321,44 @@ fn verdict_response(
     };
     let mut response = (status, Json(body)).into_response();
     if let Some(secs) = verdict.decision.retry_after.filter(|_| !verdict.allowed()) {
-        if let Ok(v) = header::HeaderValue::from_str(&secs.as_secs_ceil().max(1).to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, v);
-        }
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            header::HeaderValue::from(secs.as_secs_ceil().max(1)),
+        );
     }
     response
+}
+
+/// The common request, `{"policy": "...", "key": "...", "cost": n}`, read straight
+/// into borrowed fields. Anything else (or anything wrong) goes the slow way, which
+/// names the field at fault.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Simple<'a> {
+    #[serde(borrow)]
+    policy: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    key: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    cost: Option<u32>,
+}
+
+fn simple(state: &AppState, bytes: &[u8]) -> Option<Wanted> {
+    let s: Simple<'_> = serde_json::from_slice(bytes).ok()?;
+    let cost = match s.cost {
+        None => NonZeroU32::MIN,
+        Some(c) => NonZeroU32::new(c)?,
+    };
+    if s.key.len() > state.config.max_key_len {
+        return None;
+    }
+    let named = state.named(&s.policy)?;
+    Some(Wanted {
+        name: named.name.clone(),
+        key: format!("{}:{}", named.name, s.key),
+        policy: named.policy,
+        cost,
+    })
 }
 
 async fn decide(
@@ -319,8 +366,14 @@ async fn decide(
     body: Result<Bytes, BytesRejection>,
     consume: bool,
 ) -> Result<Response, Problem> {
-    let body = read_body(body)?;
-    let wanted = wanted(&state, &body)?;
+    let fast = match &body {
+        Ok(bytes) => simple(&state, bytes),
+        Err(_) => None,
+    };
+    let wanted = match fast {
+        Some(w) => vec![w],
+        None => wanted(&state, &read_body(body)?)?,
+    };
     let checks: Vec<Check<'_>> = wanted
         .iter()
         .map(|w| Check::new(&w.key, &w.policy).cost(w.cost))
@@ -368,11 +421,7 @@ async fn decide(
                     state.local.peek_all(&checks)
                 }
                 .map_err(|e| Problem::bad("(request)", e.to_string()))?;
-                Ok(verdict_response(
-                    &wanted,
-                    &verdict,
-                    Some(("fallback", Value::String("local".to_owned()))),
-                ))
+                Ok(verdict_response(&wanted, &verdict, Some("local")))
             }
         },
     }

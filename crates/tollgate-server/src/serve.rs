@@ -92,7 +92,10 @@ pub async fn serve(
     for note in &config.notes {
         tracing::info!("{note}");
     }
-    let backend = backend(&config).await?;
+    let mut backend = backend(&config).await?;
+    backend
+        .metrics
+        .prepare(config.policies.iter().map(|p| p.name.as_str()));
     let listen = config.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# HTTP throughput of `tollgate serve` (issue 5, Speed): wrk on loopback against
+# POST /v1/check, one hot key and 100,000 random keys, with the memory store and
+# with Redis, beside a bare axum hello-world (this machine's loopback HTTP ceiling,
+# since wrk shares the cores with the server), all in one run.
+#
+#   bench/http.sh                           # wrk -t2 -c50 -d10s per measurement
+#   DURATION=20s ROUNDS=3 bench/http.sh     # longer, interleaved rounds; medians
+#
+# Needs wrk (Debian package wrk) and, for the Redis rows, a Redis on
+# REDIS_URL (default redis://127.0.0.1:6379/0). The policy admits a billion
+# requests per second, so every answer is a 200: the figures are the cost of a
+# decision, not of 429s.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-50}
+WRK_THREADS=${WRK_THREADS:-2}
+ROUNDS=${ROUNDS:-1}
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
+MEM_PORT=${MEM_PORT:-3201}
+REDIS_PORT=${REDIS_PORT:-3202}
+HELLO_PORT=${HELLO_PORT:-3203}
+
+command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 1; }
+cargo build --quiet --release -p tollgate-server
+cargo build --quiet --release -p tollgate-tower --example bench_server
+BIN=target/release/tollgate
+HELLO=target/release/examples/bench_server
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+policy='[[policy]]
+name = "api"
+algorithm = "gcra"
+limit = 1000000000
+period = "1s"
+[protect]
+policies = []'
+printf '[server]\nlisten = "127.0.0.1:%s"\n%s\n' "$MEM_PORT" "$policy" > "$work/memory.toml"
+printf '[server]\nlisten = "127.0.0.1:%s"\n[store]\nurl = "%s"\nkey_prefix = "tgbench-http:"\ntimeout = "1s"\n%s\n' \
+  "$REDIS_PORT" "$REDIS_URL" "$policy" > "$work/redis.toml"
+
+NO_COLOR=1 TOLLGATE_LOG=warn "$BIN" serve --config "$work/memory.toml" & pids+=($!)
+redis_ok=1
+NO_COLOR=1 TOLLGATE_LOG=warn "$BIN" serve --config "$work/redis.toml" & pids+=($!)
+THREADS=2 "$HELLO" plain "$HELLO_PORT" & pids+=($!)
+
+cat > "$work/hot.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"policy":"api","key":"hot"}'
+LUA
+cat > "$work/random.lua" <<'LUA'
+function setup(thread) math.randomseed(12345) end
+function request()
+  local body = '{"policy":"api","key":"k' .. math.random(1, 100000) .. '"}'
+  return wrk.format("POST", "/v1/check", { ["Content-Type"] = "application/json" }, body)
+end
+LUA
+cat > "$work/hello.lua" <<'LUA'
+wrk.headers["x-key"] = "hello"
+LUA
+
+wait_for() {
+  for _ in $(seq 1 100); do
+    curl -s -o /dev/null "$1" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+wait_for "http://127.0.0.1:$MEM_PORT/healthz"
+wait_for "http://127.0.0.1:$HELLO_PORT/"
+if ! wait_for "http://127.0.0.1:$REDIS_PORT/readyz"; then
+  echo "no Redis at $REDIS_URL: the Redis rows are skipped" >&2
+  redis_ok=0
+fi
+
+# Prints "requests/s p99_ms" of one wrk run.
+measure() {
+  local url=$1 script=$2
+  wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$script" "$url" > "$work/out" 2>&1
+  local rps p99
+  rps=$(awk '/^Requests\/sec:/ { print $2 }' "$work/out")
+  p99=$(awk '$1 == "99%" { v = $2; if (v ~ /us$/) { sub(/us$/, "", v); v = v / 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v = v * 1000 }; print v }' "$work/out")
+  echo "${rps:-0} ${p99:-0}"
+}
+
+declare -A rps p99
+names=(hello mem_hot mem_random)
+[ "$redis_ok" = 1 ] && names+=(redis_hot redis_random)
+for round in $(seq 1 "$ROUNDS"); do
+  echo "round $round/$ROUNDS" >&2
+  for name in "${names[@]}"; do
+    case $name in
+      hello) r=$(measure "http://127.0.0.1:$HELLO_PORT/" "$work/hello.lua") ;;
+      mem_hot) r=$(measure "http://127.0.0.1:$MEM_PORT/v1/check" "$work/hot.lua") ;;
+      mem_random) r=$(measure "http://127.0.0.1:$MEM_PORT/v1/check" "$work/random.lua") ;;
+      redis_hot) r=$(measure "http://127.0.0.1:$REDIS_PORT/v1/check" "$work/hot.lua") ;;
+      redis_random) r=$(measure "http://127.0.0.1:$REDIS_PORT/v1/check" "$work/random.lua") ;;
+    esac
+    rps[$name]="${rps[$name]:-} ${r% *}"
+    p99[$name]="${p99[$name]:-} ${r#* }"
+  done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+declare -A m
+echo
+echo "wrk -t$WRK_THREADS -c$CONNS -d$DURATION, median of $ROUNDS round(s)"
+printf '%-14s %12s %10s\n' target "requests/s" "p99 ms"
+for name in "${names[@]}"; do
+  m[$name]=$(echo "${rps[$name]}" | median)
+  printf '%-14s %12s %10s\n' "$name" "${m[$name]}" "$(echo "${p99[$name]}" | median)"
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+echo
+echo "memory, hot key    / hello-world: $(ratio "${m[mem_hot]}" "${m[hello]}")"
+echo "memory, 100k keys  / hello-world: $(ratio "${m[mem_random]}" "${m[hello]}")"
+if [ "$redis_ok" = 1 ]; then
+  echo "redis, hot key     / memory:      $(ratio "${m[redis_hot]}" "${m[mem_hot]}")"
+  echo "redis, 100k keys   / memory:      $(ratio "${m[redis_random]}" "${m[mem_random]}")"
+fi
