@@ -207,7 +207,7 @@ fn config_line(report: &Report) -> String {
     format!(
         "Every algorithm ran under the same policy: L = {} requests per W = {} (burst B = {} \
          for token_bucket, gcra and leaky_bucket; T = W / L = {}), in virtual time, with \
-         seed {}; fleets have {} nodes. Charts count requests per {} bucket.",
+         seed {}; the fleet scenarios have {} node(s). Charts count requests per {} bucket.",
         c.limit,
         c.period,
         c.burst,

@@ -271,7 +271,7 @@ pub fn main(args: &LabArgs) -> Result<(), LabError> {
     let report = &lab.report;
     writeln!(
         stdout,
-        "tollgate lab: {} scenario(s) x 6 algorithms, {} per {}, {} nodes, seed {}, in {seconds:.2} s",
+        "tollgate lab: {} scenario(s) x 6 algorithms, {} per {}, fleets of {}, seed {}, in {seconds:.2} s",
         report.scenarios.len(),
         config.limit(),
         human_duration(config.period()),

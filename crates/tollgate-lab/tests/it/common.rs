@@ -23,6 +23,24 @@ pub fn other_lab() -> &'static Lab {
     })
 }
 
+/// More labs at the edges: the smallest limit and period, and a larger limit over
+/// a minute with five nodes.
+pub fn edge_labs() -> &'static [Lab] {
+    static LABS: OnceLock<Vec<Lab>> = OnceLock::new();
+    LABS.get_or_init(|| {
+        [
+            (1, tollgate::Nanos::from_millis(100), 2, 5),
+            (250, tollgate::Nanos::from_secs(60), 5, 99),
+        ]
+        .into_iter()
+        .map(|(limit, period, nodes, seed)| {
+            let config = LabConfig::new(limit, period, nodes, seed).expect("valid");
+            tollgate_lab::run(&config, &Scenario::ALL)
+        })
+        .collect()
+    })
+}
+
 /// A fresh, empty folder under Cargo's scratch directory.
 pub fn scratch_dir(name: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);

@@ -162,3 +162,24 @@ fn writing_into_a_file_fails_with_the_path() {
     let err = tollgate_lab::write(&lab, &file, WriteOptions::default()).expect_err("a file");
     assert!(err.to_string().starts_with("cannot write \""), "{err}");
 }
+
+/// The chart the README shows, `crates/tollgate-lab/charts/boundary_attack.svg`, is
+/// the one the lab draws today. After a deliberate change to the charts, refresh it
+/// with `TOLLGATE_LAB_BLESS=1 cargo test -p tollgate-lab readme_chart`.
+#[test]
+fn the_readme_chart_is_current() {
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/boundary_attack.svg");
+    let dir = scratch_dir("readme-chart");
+    let lab = tollgate_lab::run(&LabConfig::default(), &[Scenario::BoundaryAttack]);
+    tollgate_lab::write(&lab, &dir, WriteOptions { timings: false }).expect("write");
+    let drawn = std::fs::read_to_string(dir.join("boundary_attack.svg")).expect("read");
+    if std::env::var_os("TOLLGATE_LAB_BLESS").is_some() {
+        std::fs::write(&committed, &drawn).expect("bless the chart");
+    }
+    let kept = std::fs::read_to_string(&committed).unwrap_or_default();
+    assert!(
+        kept == drawn,
+        "{} is out of date: refresh it with TOLLGATE_LAB_BLESS=1 cargo test -p tollgate-lab readme_chart",
+        committed.display()
+    );
+}

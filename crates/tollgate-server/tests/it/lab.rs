@@ -43,7 +43,7 @@ fn the_default_lab_writes_the_whole_folder_twice_alike() {
     assert_eq!(run.stderr, "");
     assert!(
         run.stdout.starts_with(
-            "tollgate lab: 12 scenario(s) x 6 algorithms, 100 per 10s, 4 nodes, seed 1, in "
+            "tollgate lab: 12 scenario(s) x 6 algorithms, 100 per 10s, fleets of 4, seed 1, in "
         ),
         "{}",
         run.stdout
