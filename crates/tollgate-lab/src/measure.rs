@@ -66,7 +66,12 @@ pub fn measure(
     let offered = traffic.arrivals.len() as u64;
     let admitted = run.outcomes.iter().filter(|o| o.allowed).count() as u64;
 
-    let clients = traffic.group_of.len() as u32;
+    let clients = traffic
+        .arrivals
+        .iter()
+        .map(|a| a.client)
+        .max()
+        .map_or(0, |c| c + 1);
     let mut max_window = 0;
     let mut min_spacing: Option<u64> = None;
     for client in 0..clients {
@@ -113,7 +118,13 @@ pub fn measure(
             let mut offered = 0;
             let mut admitted = 0;
             for (a, o) in traffic.arrivals.iter().zip(&run.outcomes) {
-                if traffic.group_of[a.client as usize] == g {
+                // A client missing from `group_of` is in the first group.
+                let group = traffic
+                    .group_of
+                    .get(a.client as usize)
+                    .copied()
+                    .unwrap_or(0);
+                if group == g {
                     offered += 1;
                     admitted += u64::from(o.allowed);
                 }

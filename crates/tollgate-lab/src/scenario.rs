@@ -81,7 +81,8 @@ pub struct Traffic {
     /// The names of the client groups whose figures the report gives separately,
     /// indexed by [`Traffic::group_of`]; one group when the scenario has no groups.
     pub groups: Vec<&'static str>,
-    /// The group of each client, indexed by client.
+    /// The group of each client, indexed by client; a client past the end is in
+    /// group 0.
     pub group_of: Vec<usize>,
     /// The client the charts follow; `None` charts every client together.
     pub charted: Option<u32>,

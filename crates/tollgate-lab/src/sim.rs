@@ -55,9 +55,13 @@ const START: Nanos = Nanos::ZERO;
 
 /// Runs `traffic` through `policy`.
 pub fn run(traffic: &Traffic, policy: &Policy) -> Run {
-    let keys: Vec<String> = (0..traffic.group_of.len())
-        .map(|c| format!("client-{c}"))
-        .collect();
+    let clients = traffic
+        .arrivals
+        .iter()
+        .map(|a| a.client)
+        .max()
+        .map_or(0, |c| c + 1);
+    let keys: Vec<String> = (0..clients).map(|c| format!("client-{c}")).collect();
     let started = Instant::now();
     let outcomes = match traffic.mode {
         Mode::Shared | Mode::PerNode => atomic(traffic, policy, &keys),
@@ -179,4 +183,77 @@ pub fn state_bytes(state: &State) -> u64 {
         State::SlidingWindowLog(s) => std::mem::size_of_val(s) + s.heap_bytes(),
     };
     bytes as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::Arrival;
+    use tollgate::Algorithm;
+
+    fn traffic(arrivals: Vec<Arrival>, mode: Mode) -> Traffic {
+        Traffic {
+            arrivals,
+            duration: Nanos::from_secs(5),
+            mode,
+            groups: vec!["all"],
+            group_of: vec![0],
+            charted: None,
+        }
+    }
+
+    fn at(ms: u64, round_trip_ms: u64) -> Arrival {
+        Arrival {
+            at: Nanos::from_millis(ms),
+            client: 0,
+            node: 0,
+            round_trip: Nanos::from_millis(round_trip_ms),
+        }
+    }
+
+    fn admitted(run: &Run) -> usize {
+        run.outcomes.iter().filter(|o| o.allowed).count()
+    }
+
+    /// The original playground's case: 5 tokens, 32 simultaneous requests.
+    #[test]
+    fn reads_before_any_write_all_pass_and_later_reads_see_the_last_write() {
+        let p = Policy::new(Algorithm::TokenBucket, 5, Nanos::from_secs(5)).expect("valid");
+        // All 32 read at 0, before the first write lands at 1 ms.
+        let wave = traffic((0..32).map(|_| at(0, 1)).collect(), Mode::NonAtomic);
+        assert_eq!(admitted(&run(&wave, &p)), 32);
+        // The same requests decided atomically: 5.
+        let atomic = traffic(wave.arrivals.clone(), Mode::Shared);
+        assert_eq!(admitted(&run(&atomic, &p)), 5);
+        // Each request reads after the previous one wrote: no race, 5 admitted.
+        let apart = traffic((0..32).map(|i| at(2 * i, 1)).collect(), Mode::NonAtomic);
+        assert_eq!(admitted(&run(&apart, &p)), 5);
+        // Writes overwrite each other: two readers of 5 tokens both write back 4,
+        // so after two admissions 4 tokens remain and four more pass.
+        let pairs = traffic(
+            [at(0, 1), at(0, 1)]
+                .into_iter()
+                .chain((0..10).map(|i| at(10 + 2 * i, 1)))
+                .collect(),
+            Mode::NonAtomic,
+        );
+        assert_eq!(admitted(&run(&pairs, &p)), 6);
+    }
+
+    #[test]
+    fn per_node_stores_count_separately() {
+        let p = Policy::new(Algorithm::FixedWindow, 3, Nanos::from_secs(5)).expect("valid");
+        let arrivals: Vec<Arrival> = (0..20)
+            .map(|i| Arrival {
+                node: i % 2,
+                ..at(u64::from(i), 0)
+            })
+            .collect();
+        let per_node = run(&traffic(arrivals.clone(), Mode::PerNode), &p);
+        assert_eq!(admitted(&per_node), 6);
+        assert_eq!(per_node.disagreements, 0);
+        let shared = run(&traffic(arrivals, Mode::Shared), &p);
+        assert_eq!(admitted(&shared), 3);
+        assert_eq!(shared.peak_state_bytes, 24);
+    }
 }
