@@ -93,40 +93,7 @@ async fn script_flush_mid_run_loses_nothing_and_counts_nothing_twice() {
     let server = Server::start();
     let store = connect(&server.url(), Duration::from_secs(5)).await;
     let mut admin = raw(&server.url()).await;
-    for algorithm in Algorithm::ALL {
-        let policy = Policy::new(algorithm, 100, Duration::from_secs(60)).expect("policy");
-        let key = format!("{}:flushed", algorithm.name());
-        let mut tasks = Vec::new();
-        for i in 0..300 {
-            let store = store.clone();
-            let key = key.clone();
-            tasks.push(tokio::spawn(async move {
-                if i % 50 == 0 {
-                    tokio::task::yield_now().await;
-                }
-                store.check(&[Check::new(&key, &policy)]).await
-            }));
-            if i % 60 == 0 {
-                let _: String = redis::cmd("SCRIPT")
-                    .arg("FLUSH")
-                    .query_async(&mut admin)
-                    .await
-                    .expect("SCRIPT FLUSH");
-            }
-        }
-        let mut admitted = 0;
-        for t in tasks {
-            let v = t
-                .await
-                .expect("task")
-                .unwrap_or_else(|e| panic!("{algorithm:?}: an error reached the caller: {e}"));
-            admitted += usize::from(v.allowed());
-        }
-        assert_eq!(
-            admitted, 100,
-            "{algorithm:?}: exactly the limit through a flushed script cache"
-        );
-    }
+    admit_exactly_the_limit_while_flushing(&store, &mut admin, "SCRIPT", "flushed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,37 +200,8 @@ async fn flushed_functions_are_loaded_again_and_nothing_counts_twice() {
 
     // And under load: 300 concurrent checks against a limit of 100 while the
     // functions are flushed again and again.
-    for algorithm in Algorithm::ALL {
-        let policy = Policy::new(algorithm, 100, Duration::from_secs(60)).expect("policy");
-        let key = format!("{}:function-flushed", algorithm.name());
-        let mut tasks = Vec::new();
-        for i in 0..300 {
-            let store = store.clone();
-            let key = key.clone();
-            tasks.push(tokio::spawn(async move {
-                store.check(&[Check::new(&key, &policy)]).await
-            }));
-            if i % 60 == 0 {
-                let _: String = redis::cmd("FUNCTION")
-                    .arg("FLUSH")
-                    .query_async(&mut admin)
-                    .await
-                    .expect("FUNCTION FLUSH");
-            }
-        }
-        let mut admitted = 0;
-        for t in tasks {
-            let v = t
-                .await
-                .expect("task")
-                .unwrap_or_else(|e| panic!("{algorithm:?}: an error reached the caller: {e}"));
-            admitted += usize::from(v.allowed());
-        }
-        assert_eq!(
-            admitted, 100,
-            "{algorithm:?}: exactly the limit through flushed functions"
-        );
-    }
+    admit_exactly_the_limit_while_flushing(&store, &mut admin, "FUNCTION", "function-flushed")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,4 +229,46 @@ async fn a_timed_out_call_is_not_replayed() {
     // again. A peek answers as if it were admitted: 10 - 1 (the paused call) - 1.
     // Never sent would leave 9, sent twice 7.
     assert_eq!(v.decision.remaining, 8, "consumed exactly once: {v:?}");
+}
+
+/// 300 concurrent checks per algorithm against a limit of 100 while `SCRIPT FLUSH`
+/// or `FUNCTION FLUSH` runs every 60 requests: no error reaches a caller, and
+/// exactly 100 are admitted (nothing lost, nothing counted twice).
+async fn admit_exactly_the_limit_while_flushing(
+    store: &RedisStore,
+    admin: &mut redis::aio::MultiplexedConnection,
+    flush: &str,
+    name: &str,
+) {
+    for algorithm in Algorithm::ALL {
+        let policy = Policy::new(algorithm, 100, Duration::from_secs(60)).expect("policy");
+        let key = format!("{}:{name}", algorithm.name());
+        let mut tasks = Vec::new();
+        for i in 0..300 {
+            let store = store.clone();
+            let key = key.clone();
+            tasks.push(tokio::spawn(async move {
+                store.check(&[Check::new(&key, &policy)]).await
+            }));
+            if i % 60 == 0 {
+                let _: String = redis::cmd(flush)
+                    .arg("FLUSH")
+                    .query_async(admin)
+                    .await
+                    .unwrap_or_else(|e| panic!("{flush} FLUSH: {e}"));
+            }
+        }
+        let mut admitted = 0;
+        for t in tasks {
+            let v = t
+                .await
+                .expect("task")
+                .unwrap_or_else(|e| panic!("{algorithm:?}: an error reached the caller: {e}"));
+            admitted += usize::from(v.allowed());
+        }
+        assert_eq!(
+            admitted, 100,
+            "{algorithm:?}: exactly the limit under {flush} FLUSH"
+        );
+    }
 }
