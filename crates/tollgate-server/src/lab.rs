@@ -248,7 +248,17 @@ fn period(text: &str) -> Result<Nanos, LabError> {
 
 /// Runs `tollgate lab` as the binary does: lists the scenarios, or runs them and
 /// writes the report folder, printing a summary to stdout.
+///
+/// When stdout's reader goes away early (`tollgate lab --list | head -1`), the run
+/// ends quietly, as `simulate` does.
 pub fn main(args: &LabArgs) -> Result<(), LabError> {
+    match run(args) {
+        Err(LabError::Stdout(e)) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+fn run(args: &LabArgs) -> Result<(), LabError> {
     let (config, scenarios) = config_from_args(args)?;
     let mut stdout = io::stdout().lock();
     if args.list {

@@ -257,3 +257,26 @@ fn an_unwritable_folder_exits_1() {
     assert_eq!(run.status, 1, "{run:?}");
     assert!(run.stderr.starts_with("error: cannot write \""), "{run:?}");
 }
+
+#[test]
+fn a_reader_that_goes_away_early_is_not_an_error() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = crate::common::command(&["lab", "--list"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tollgate");
+    // Close stdout at once: the listing meets a closed pipe.
+    drop(child.stdout.take());
+    let status = child.wait().expect("wait");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert!(status.success(), "{status} {stderr}");
+    assert_eq!(stderr, "");
+}
