@@ -214,8 +214,9 @@ impl Scenario {
                  writes the copy back 0.5 to 1.5 ms later (a round trip), as the original \
                  playground did with Redis GET and SET: requests that read before the \
                  others wrote are all admitted, and their writes overwrite each other. \
-                 The waves offer 2.5 x {l} per {w}; 5 periods.",
-                wave_size(config)
+                 The waves offer {} requests per {w} against a limit of {l}; 5 periods.",
+                wave_size(config),
+                10 * wave_size(config)
             ),
             Scenario::RaceAtomic => format!(
                 "The same waves as race_nonatomic, each request decided atomically (read, \
