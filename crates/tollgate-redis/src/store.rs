@@ -53,6 +53,7 @@ pub struct RedisStoreBuilder {
     caller_ttl: Duration,
     connections: usize,
     root_cert: Option<Vec<u8>>,
+    lazy: bool,
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -120,8 +121,17 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Connect to a single Redis server on first use instead of now (default: now),
+    /// so the store can be made while Redis is down: calls fail with a transient
+    /// error until it is up, then succeed. A cluster is always connected now (the
+    /// client needs its slot map).
+    pub fn lazy(mut self, lazy: bool) -> Self {
+        self.lazy = lazy;
+        self
+    }
+
     /// Connects. Fails when the URL or the prefix is invalid, or Redis cannot be
-    /// reached within the connect timeout.
+    /// reached within the connect timeout (unless [`RedisStoreBuilder::lazy`]).
     pub async fn connect(self) -> Result<RedisStore, RedisError> {
         if self.prefix.contains(['{', '}']) {
             return Err(RedisError::Config(format!(
@@ -146,6 +156,15 @@ impl RedisStoreBuilder {
                     .set_max_delay(Duration::from_millis(500));
                 let mut all = Vec::with_capacity(self.connections);
                 for _ in 0..self.connections {
+                    if self.lazy {
+                        let made =
+                            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                                .map_err(|e| {
+                                    RedisError::Config(format!("store url {}: {e}", redact(&url)))
+                                })?;
+                        all.push(made);
+                        continue;
+                    }
                     let made = tokio::time::timeout(
                         wait,
                         client.get_connection_manager_with_config(config.clone()),
@@ -197,9 +216,13 @@ impl RedisStoreBuilder {
                 code,
             }),
         };
-        tokio::time::timeout(wait, store.load())
-            .await
-            .map_err(|_| RedisError::Timeout(wait))??;
+        let lazy = self.lazy && !store.is_cluster();
+        if !lazy {
+            tokio::time::timeout(wait, store.load())
+                .await
+                .map_err(|_| RedisError::Timeout(wait))??;
+        }
+        // A lazy store loads the function on its first call ("Function not found").
         Ok(store)
     }
 }
@@ -317,6 +340,7 @@ impl RedisStore {
             caller_ttl: Duration::from_secs(600),
             connections: 2,
             root_cert: None,
+            lazy: false,
         }
     }
 

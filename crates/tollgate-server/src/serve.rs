@@ -57,15 +57,26 @@ pub async fn backend(config: &Config) -> Result<Backend, ServeError> {
             MemoryStore::builder().max_keys(s.max_keys).build(),
         ));
     }
+    // Lazy: the server starts while Redis is down (on_error answers, /readyz says 503)
+    // and uses it once it is up. A cluster is connected now: its client needs the
+    // slot map.
     let store = RedisStore::builder(s.url.clone())
         .key_prefix(s.key_prefix.clone())
         .timeout(s.timeout)
         .connect_timeout(Duration::from_secs(5))
+        .lazy(true)
         .connect()
         .await
         .map_err(|e| {
             ServeError::Runtime(format!("cannot use the store at {}: {e}", redact(&s.url)))
         })?;
+    if let Err(e) = store.ping().await {
+        tracing::warn!(
+            store = %redact(&s.url),
+            error = %e,
+            "the store does not answer yet: /readyz answers 503 and on_error decides until it does"
+        );
+    }
     Ok(Backend::redis(store))
 }
 

@@ -272,3 +272,51 @@ async fn admit_exactly_the_limit_while_flushing(
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_store_is_made_while_redis_is_down_and_serves_once_it_is_up() {
+    // A port with nothing behind it, for now.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let url = format!("redis://127.0.0.1:{port}/0");
+    assert!(
+        RedisStore::builder(url.clone())
+            .connect_timeout(Duration::from_millis(300))
+            .connect()
+            .await
+            .is_err(),
+        "an eager store refuses to start without Redis"
+    );
+    let store = RedisStore::builder(url)
+        .key_prefix(prefix("lazy"))
+        .timeout(Duration::from_millis(300))
+        .lazy(true)
+        .connect()
+        .await
+        .expect("a lazy store is made without Redis");
+    let policy =
+        Policy::new(Algorithm::SlidingWindowLog, 2, Duration::from_secs(60)).expect("policy");
+    let check = [Check::new("lazy:client", &policy)];
+    match store.check(&check).await {
+        Err(e) => assert!(e.is_transient(), "{e}"),
+        Ok(v) => panic!("no Redis, yet {v:?}"),
+    }
+    let _server = Server::start_on(port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        match store.check(&check).await {
+            Ok(v) => break v,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "never served: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(v.allowed());
+    assert_eq!(
+        v.decision.remaining, 1,
+        "the function was loaded on first use and counted once"
+    );
+}

@@ -369,3 +369,46 @@ async fn sigterm_answers_every_request_in_flight() {
     let log: Vec<String> = s.log.try_iter().collect();
     assert!(log.iter().any(|l| l.contains("shutdown signal")), "{log:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_starts_while_redis_is_down_and_uses_it_once_up() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let conf = write_config(
+        "late-redis",
+        &format!(
+            "[store]\nurl = \"redis://127.0.0.1:{port}/0\"\non_error = \"local\"\ntimeout = \"200ms\"\n[[policy]]\nname = \"api\"\nalgorithm = \"gcra\"\nlimit = 3\nperiod = \"1m\"\n"
+        ),
+    );
+    let s = start(&["--config", conf.to_str().expect("path")], &[]);
+    let r = client()
+        .get(format!("{}/readyz", s.base))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(r.status(), 503, "not ready without its store");
+    let (st, body) = check(&s.base, r#"{"policy":"api","key":"k"}"#).await;
+    assert_eq!(
+        (st, body["fallback"].as_str()),
+        (200, Some("local")),
+        "{body}"
+    );
+    let _redis = PrivateRedis::start_on(port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (st, body) = check(&s.base, r#"{"policy":"api","key":"k2"}"#).await;
+        if st == 200 && body.get("fallback").is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never used Redis: {st} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = client()
+        .get(format!("{}/readyz", s.base))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(r.status(), 200);
+}
