@@ -26,6 +26,7 @@
 
 mod chart;
 mod config;
+mod live;
 mod measure;
 mod render;
 mod report;
@@ -42,10 +43,15 @@ use tollgate::{Algorithm, Policy};
 pub use config::{
     ConfigError, LabConfig, MAX_LIMIT, MAX_NODES, MAX_PERIOD, MIN_PERIOD, human_duration,
 };
+pub use live::{
+    Answer, DEFAULT_IN_FLIGHT, Failure, LiveError, LiveOptions, MAX_IN_FLIGHT, MAX_LIVE_DURATION,
+    MAX_LIVE_REQUESTS, Record, Target, TargetError, live_traffic, runs_live,
+};
 pub use measure::max_in_window;
 pub use render::highlights;
 pub use report::{
-    AlgorithmResult, ConfigReport, GroupResult, Report, ScenarioResult, Timing, Timings,
+    AlgorithmResult, ConfigReport, FailureCount, GroupResult, LiveReport, LiveScenario, Report,
+    ScenarioResult, Timing, Timings,
 };
 pub use rng::SplitMix64;
 pub use scenario::{Arrival, HOG, Mode, Scenario, Traffic};
@@ -61,6 +67,9 @@ pub struct Lab {
     /// Decisions in which a store disagreed with the pure functions, over the whole
     /// run (0 unless tollgate has a bug).
     pub disagreements: u64,
+    /// Live mode only: every request sent and its answer, in the order sent
+    /// ([`write()`] puts them in `requests.csv`); empty for a simulated run.
+    pub requests: Vec<Record>,
 }
 
 /// The policy every algorithm runs under: `L` per `W`, burst `L`.
@@ -128,29 +137,50 @@ pub fn run(config: &LabConfig, scenarios: &[Scenario]) -> Lab {
             },
             offered_series: measure::offered_series(&traffic, bucket, buckets),
             results: algorithm_results,
+            live: None,
         });
     }
-    let l = config.limit();
     let report = Report {
         lab: "tollgate lab".to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        config: ConfigReport {
-            limit: l,
-            period_ns: config.period().as_u64(),
-            period: human_duration(config.period()),
-            burst: l,
-            emission_interval_ns: config.period().as_u64().div_ceil(u64::from(l)),
-            nodes: config.nodes(),
-            seed: config.seed(),
-            bucket_ns: config.bucket().as_u64(),
-        },
+        config: config_report(config),
         scenarios: results,
+        live: None,
     };
     Lab {
         report,
         timings,
         disagreements,
+        requests: Vec::new(),
     }
+}
+
+/// The configuration as the report states it.
+fn config_report(config: &LabConfig) -> ConfigReport {
+    let l = config.limit();
+    ConfigReport {
+        limit: l,
+        period_ns: config.period().as_u64(),
+        period: human_duration(config.period()),
+        burst: l,
+        emission_interval_ns: config.period().as_u64().div_ceil(u64::from(l)),
+        nodes: config.nodes(),
+        seed: config.seed(),
+        bucket_ns: config.bucket().as_u64(),
+    }
+}
+
+/// Runs `scenarios` live against running tollgate servers: every request a real
+/// `POST /v1/check`, sent in real time (see the `live` module's rules: time, keys,
+/// figures). The report has the same shape as [`run`]'s, with
+/// [`Report::live`] and each [`ScenarioResult::live`] set, and [`Lab::requests`]
+/// holds every request.
+pub fn run_live(
+    config: &LabConfig,
+    scenarios: &[Scenario],
+    options: &LiveOptions,
+) -> Result<Lab, LiveError> {
+    live::run(config, scenarios, options)
 }
 
 /// What [`write()`] puts in the folder besides the figures.
@@ -216,7 +246,8 @@ impl std::error::Error for WriteError {
 
 /// Writes `lab` into the folder `out` (created if missing): `index.html`,
 /// `report.md`, `report.json`, one `<scenario>.svg` per scenario and, with
-/// [`WriteOptions::timings`], `timings.json`. Returns the files written.
+/// [`WriteOptions::timings`], `timings.json`; a live run adds `requests.csv`, one
+/// line per request sent. Returns the files written.
 pub fn write(lab: &Lab, out: &Path, options: WriteOptions) -> Result<Vec<PathBuf>, WriteError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
@@ -246,6 +277,12 @@ pub fn write(lab: &Lab, out: &Path, options: WriteOptions) -> Result<Vec<PathBuf
             source: io::Error::other(e),
         })?;
         files.push(("timings.json".to_owned(), json + "\n"));
+    }
+    if let Some(live) = &lab.report.live {
+        files.push((
+            "requests.csv".to_owned(),
+            live::csv(&lab.requests, &live.targets),
+        ));
     }
     files.push((
         "report.md".to_owned(),

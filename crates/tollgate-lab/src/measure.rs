@@ -153,6 +153,7 @@ pub fn measure(
         state_bytes_per_key: run.peak_state_bytes,
         groups,
         admitted_series: series(traffic, run, config.bucket().as_u64(), buckets),
+        failed: None,
     }
 }
 

@@ -49,13 +49,22 @@ fn scenario_table(s: &ScenarioResult, period: &str, timings: Option<&Timings>) -
     if grouped {
         header.insert(2, "per group (admitted / offered)".to_owned());
     }
+    if s.live.is_some() {
+        header.push("failed".to_owned());
+        header.push("predicted: admitted / burst factor".to_owned());
+    }
     if timings.is_some() {
-        header.push("ns / decision (this machine)".to_owned());
+        header.push(if s.live.is_some() {
+            "mean round trip, µs (live)".to_owned()
+        } else {
+            "ns / decision (this machine)".to_owned()
+        });
     }
     let rows = s
         .results
         .iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(k, r)| {
             let mut row = vec![
                 r.algorithm.clone(),
                 format!(
@@ -77,11 +86,21 @@ fn scenario_table(s: &ScenarioResult, period: &str, timings: Option<&Timings>) -
             if grouped {
                 row.insert(2, groups(r));
             }
+            if let Some(live) = &s.live {
+                row.push(r.failed.unwrap_or(0).to_string());
+                row.push(live.predicted.get(k).map_or("-".to_owned(), |p| {
+                    format!("{} / {}", p.admitted, fixed3(p.burst_factor))
+                }));
+            }
             if let Some(t) = timings {
-                row.push(
-                    t.get(&s.name, &r.algorithm)
-                        .map_or("-".to_owned(), |ns| format!("{ns:.0}")),
-                );
+                let live = s.live.is_some();
+                row.push(t.get(&s.name, &r.algorithm).map_or("-".to_owned(), |ns| {
+                    if live {
+                        format!("{:.0}", ns / 1e3)
+                    } else {
+                        format!("{ns:.0}")
+                    }
+                }));
             }
             row
         })
@@ -204,6 +223,42 @@ grows with the requests in its window; the memory store adds a 64-byte entry per
 
 fn config_line(report: &Report) -> String {
     let c = &report.config;
+    if let Some(live) = &report.live {
+        return format!(
+            "LIVE RUN, not reproducible: every request was a POST /v1/check to {} ({} in \
+             flight at most, keys tagged lab-{}-), sent in real time with the inline policy \
+             L = {} requests per W = {} (burst B = {} for token_bucket, gcra and \
+             leaky_bucket; T = W / L = {}); seed {}; the fleet scenarios have {} node(s). \
+             Figures are measured on the instants the requests were sent; \"predicted\" is \
+             the simulator on the same traffic. {} requests, {} failed{}; {:.1} s in all. \
+             Charts count requests per {} bucket.",
+            live.targets.join(", "),
+            live.in_flight,
+            live.tag,
+            c.limit,
+            c.period,
+            c.burst,
+            duration(c.emission_interval_ns),
+            c.seed,
+            c.nodes,
+            live.requests,
+            live.failed,
+            if live.failures.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({})",
+                    live.failures
+                        .iter()
+                        .map(|f| format!("{}: {}", f.kind, f.count))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+            live.wall_seconds,
+            duration(c.bucket_ns)
+        );
+    }
     format!(
         "Every algorithm ran under the same policy: L = {} requests per W = {} (burst B = {} \
          for token_bucket, gcra and leaky_bucket; T = W / L = {}), in virtual time, with \
@@ -216,6 +271,52 @@ fn config_line(report: &Report) -> String {
         c.nodes,
         duration(c.bucket_ns)
     )
+}
+
+const LIVE_TIMINGS_NOTE: &str = "The mean round trip is the time from sending a \
+POST /v1/check to reading its answer, network and server included, measured in this run: \
+machine-dependent, not reproducible (see timings.json).";
+
+fn timings_note(report: &Report) -> &'static str {
+    if report.live.is_some() {
+        LIVE_TIMINGS_NOTE
+    } else {
+        TIMINGS_NOTE
+    }
+}
+
+fn title(report: &Report) -> &'static str {
+    if report.live.is_some() {
+        "Tollgate lab report (live)"
+    } else {
+        "Tollgate lab report"
+    }
+}
+
+/// Lines about a live run that the tables do not show: skipped scenarios and the
+/// network's figures per scenario.
+fn live_notes(report: &Report) -> Vec<String> {
+    let Some(live) = &report.live else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = live
+        .skipped
+        .iter()
+        .map(|s| format!("Not run live: {s}."))
+        .collect();
+    for s in &report.scenarios {
+        if let Some(l) = &s.live {
+            out.push(format!(
+                "{}: round trip p99 {}, max {}; sent up to {} late; {} failed.",
+                s.name,
+                duration(l.p99_round_trip_ns),
+                duration(l.max_round_trip_ns),
+                duration(l.max_lateness_ns),
+                l.failed
+            ));
+        }
+    }
+    out
 }
 
 const TIMINGS_NOTE: &str = "ns / decision is wall-clock time measured on the machine that \
@@ -234,8 +335,16 @@ pub fn markdown(report: &Report, timings: Option<&Timings>) -> String {
         }
         out.push('\n');
     };
-    let _ = writeln!(out, "# Tollgate lab report\n");
+    let _ = writeln!(out, "# {}\n", title(report));
     let _ = writeln!(out, "{}\n", config_line(report));
+    let notes = live_notes(report);
+    if !notes.is_empty() {
+        let _ = writeln!(out, "## The live run\n");
+        for n in notes {
+            let _ = writeln!(out, "- {n}");
+        }
+        out.push('\n');
+    }
     let hl = highlights(report);
     if !hl.is_empty() {
         let _ = writeln!(out, "## Highlights\n");
@@ -250,7 +359,7 @@ pub fn markdown(report: &Report, timings: Option<&Timings>) -> String {
     md_table(&mut out, &matrix(report, |r| fixed3(r.admitted_ratio)));
     let _ = writeln!(out, "## What the columns mean\n\n{MEASURES}\n");
     if timings.is_some() {
-        let _ = writeln!(out, "{TIMINGS_NOTE}\n");
+        let _ = writeln!(out, "{}\n", timings_note(report));
     }
     for s in &report.scenarios {
         let _ = writeln!(out, "## {}: {}\n", s.name, s.title);
@@ -318,10 +427,18 @@ pub fn html(report: &Report, timings: Option<&Timings>, charts: &[String]) -> St
     let mut out = String::new();
     out.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
     out.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
-    out.push_str("<title>Tollgate lab report</title>\n");
+    let _ = writeln!(out, "<title>{}</title>", title(report));
     let _ = writeln!(out, "<style>{STYLE}</style>\n</head>\n<body>");
-    out.push_str("<h1>Tollgate lab report</h1>\n");
+    let _ = writeln!(out, "<h1>{}</h1>", title(report));
     let _ = writeln!(out, "<p>{}</p>", esc(&config_line(report)));
+    let notes = live_notes(report);
+    if !notes.is_empty() {
+        out.push_str("<h2>The live run</h2>\n<ul>\n");
+        for n in notes {
+            let _ = writeln!(out, "<li>{}</li>", esc(&n));
+        }
+        out.push_str("</ul>\n");
+    }
     out.push_str("<nav>");
     for s in &report.scenarios {
         let _ = write!(out, "<a href=\"#{0}\">{0}</a> ", esc(&s.name));
@@ -354,7 +471,7 @@ pub fn html(report: &Report, timings: Option<&Timings>, charts: &[String]) -> St
     }
     out.push_str("</ul>\n");
     if timings.is_some() {
-        let _ = writeln!(out, "<p class=\"note\">{}</p>", esc(TIMINGS_NOTE));
+        let _ = writeln!(out, "<p class=\"note\">{}</p>", esc(timings_note(report)));
     }
     for (s, svg) in report.scenarios.iter().zip(charts) {
         let _ = writeln!(

@@ -19,6 +19,64 @@ pub struct Report {
     pub config: ConfigReport,
     /// One entry per scenario run, in the order of [`crate::Scenario::ALL`].
     pub scenarios: Vec<ScenarioResult>,
+    /// Live mode only: where the requests went and how many failed. A live report
+    /// is a measurement, not a reproducible figure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveReport>,
+}
+
+/// What a live run (`tollgate lab --target URL`) adds to the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct LiveReport {
+    /// A reminder that the figures were measured, not computed.
+    pub note: String,
+    /// The servers the requests were sent to, round-robin.
+    pub targets: Vec<String>,
+    /// The tag every key of this run starts with (`lab-<tag>-...`), so runs never
+    /// share a key.
+    pub tag: String,
+    /// The most requests in flight at once.
+    pub in_flight: usize,
+    /// Requests sent, over every scenario and algorithm.
+    pub requests: u64,
+    /// Requests that got no decision (no connection, a timeout, a status other than
+    /// 200 or 429, an unreadable body).
+    pub failed: u64,
+    /// The failed requests by kind (`connect`, `timeout`, `http-503`, ...).
+    pub failures: Vec<FailureCount>,
+    /// Scenarios asked for that cannot run live, with the reason.
+    pub skipped: Vec<String>,
+    /// Wall-clock seconds the live run took, waiting for window edges included.
+    pub wall_seconds: f64,
+}
+
+/// How many requests failed one way.
+#[derive(Clone, Debug, Serialize)]
+pub struct FailureCount {
+    /// The kind of failure.
+    pub kind: String,
+    /// How many requests failed that way.
+    pub count: u64,
+}
+
+/// What a live run adds to one scenario.
+#[derive(Clone, Debug, Serialize)]
+pub struct LiveScenario {
+    /// The simulator's figures for the same traffic, as scheduled: what the live
+    /// system should have admitted, in the order of [`tollgate::Algorithm::ALL`].
+    pub predicted: Vec<AlgorithmResult>,
+    /// Requests of this scenario that got no decision.
+    pub failed: u64,
+    /// The longest round trip (request sent to answer read), nanoseconds: the
+    /// server decided each request within its round trip.
+    pub max_round_trip_ns: u64,
+    /// The 99th percentile round trip (nearest rank), nanoseconds.
+    pub p99_round_trip_ns: u64,
+    /// The latest a request left after its scheduled instant, nanoseconds.
+    pub max_lateness_ns: u64,
+    /// The Unix time, in nanoseconds, that the scenario's time 0 was mapped to: a
+    /// multiple of `W` on the lab's clock, so fixed windows start there.
+    pub start_unix_ns: u64,
 }
 
 /// The configuration, as the report states it.
@@ -66,6 +124,9 @@ pub struct ScenarioResult {
     pub offered_series: Vec<u64>,
     /// One entry per algorithm, in the order of [`tollgate::Algorithm::ALL`].
     pub results: Vec<AlgorithmResult>,
+    /// Live mode only: the prediction and the network's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveScenario>,
 }
 
 /// One algorithm on one scenario.
@@ -104,6 +165,10 @@ pub struct AlgorithmResult {
     pub groups: Vec<GroupResult>,
     /// Admitted requests per chart bucket, by the instant they were served.
     pub admitted_series: Vec<u64>,
+    /// Live mode only: requests that got no decision (counted as offered, not
+    /// admitted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<u64>,
 }
 
 /// One group of clients' share.

@@ -67,12 +67,22 @@ offline), report.md, one SVG chart per scenario, report.json (every figure) and
 timings.json (nanoseconds per decision on this machine; --no-timings leaves it out, and
 then every file is the same from run to run).
 
+Live mode (--target URL): the same scenarios replayed in real time against running
+tollgate servers, each request a POST /v1/check with an inline policy and a key
+tagged for the run; --period defaults to 1s, so a scenario takes 3 to 30 seconds.
+The report has the same files plus requests.csv (every request and its answer),
+the simulator's prediction beside each measured figure, and says LIVE: it is a
+measurement, not reproducible. race_nonatomic does not run live (the server decides
+atomically). Failed requests are counted and reported; a target that does not
+answer GET /healthz first stops the run (exit status 1).
+
 Bad flags stop the run with a message naming the flag, exit status 2.
 
 Examples:
   tollgate lab
   tollgate lab --scenario boundary_attack --limit 10 --period 1s --out /tmp/lab
-  tollgate lab --list";
+  tollgate lab --list
+  tollgate lab --target http://127.0.0.1:8000 --scenario boundary_attack --limit 20";
 
 const SERVE_LONG_ABOUT: &str = "\
 Run the HTTP rate limit server (the default command).
@@ -200,4 +210,14 @@ pub struct LabArgs {
     /// figures that change from run to run.
     #[arg(long)]
     pub no_timings: bool,
+
+    /// Live mode: send every request of the scenarios, in real time, to the tollgate
+    /// server at this http:// URL (repeat for several, used round-robin) through
+    /// POST /v1/check, instead of deciding in process. --period defaults to 1s then.
+    #[arg(long, value_name = "URL")]
+    pub target: Vec<String>,
+
+    /// Live mode: the most requests in flight at once, 1 to 1024 (default 64).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub in_flight: Option<String>,
 }

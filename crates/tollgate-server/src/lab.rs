@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use tollgate::{Nanos, parse_duration};
 use tollgate_lab::{
-    ConfigError, LabConfig, MAX_LIMIT, MAX_NODES, MAX_PERIOD, MIN_PERIOD, Scenario, WriteError,
-    WriteOptions, human_duration,
+    ConfigError, DEFAULT_IN_FLIGHT, LabConfig, LiveError, LiveOptions, MAX_IN_FLIGHT, MAX_LIMIT,
+    MAX_NODES, MAX_PERIOD, MIN_PERIOD, Scenario, Target, WriteError, WriteOptions, human_duration,
 };
 
 use crate::cli::LabArgs;
@@ -31,6 +31,8 @@ pub enum LabError {
         /// How to fix it, when that can be guessed.
         hint: Option<String>,
     },
+    /// The live run could not be made.
+    Live(LiveError),
     /// Writing the report failed.
     Write(WriteError),
     /// Writing to stdout failed.
@@ -42,7 +44,8 @@ impl LabError {
     pub fn exit_code(&self) -> u8 {
         match self {
             LabError::Flag { .. } => 2,
-            LabError::Write(_) | LabError::Stdout(_) => 1,
+            LabError::Live(e) if e.is_caller_error() => 2,
+            LabError::Live(_) | LabError::Write(_) | LabError::Stdout(_) => 1,
         }
     }
 
@@ -50,7 +53,13 @@ impl LabError {
     pub fn hint(&self) -> Option<&str> {
         match self {
             LabError::Flag { hint, .. } => hint.as_deref(),
-            LabError::Write(_) | LabError::Stdout(_) => None,
+            LabError::Live(LiveError::TooBig { .. }) => {
+                Some("run fewer scenarios (--scenario), a smaller --limit or a shorter --period")
+            }
+            LabError::Live(LiveError::Unreachable { .. }) => {
+                Some("start one with `tollgate serve`, or check the host and port")
+            }
+            LabError::Live(_) | LabError::Write(_) | LabError::Stdout(_) => None,
         }
     }
 
@@ -80,6 +89,7 @@ impl fmt::Display for LabError {
                 message,
                 ..
             } => write!(f, "{flag} {value}: {message}"),
+            LabError::Live(e) => write!(f, "{e}"),
             LabError::Write(e) => write!(f, "{e}"),
             LabError::Stdout(e) => write!(f, "cannot write to stdout: {e}"),
         }
@@ -132,6 +142,8 @@ pub fn config_from_args(args: &LabArgs) -> Result<(LabConfig, Vec<Scenario>), La
     };
     let period = match &args.period {
         Some(text) => period(text)?,
+        // Live runs are real time: 1s keeps a scenario to seconds.
+        None if !args.target.is_empty() => LIVE_PERIOD,
         None => default.period(),
     };
     let nodes = match &args.nodes {
@@ -181,10 +193,59 @@ pub fn config_from_args(args: &LabArgs) -> Result<(LabConfig, Vec<Scenario>), La
             scenarios.push(scenario);
         }
     }
+    if !args.target.is_empty() {
+        if let Some(s) = scenarios.iter().find(|s| !tollgate_lab::runs_live(**s)) {
+            return Err(LabError::flag(
+                "--scenario",
+                s.name(),
+                "cannot run live: the server decides atomically, so there is no \
+                 read-then-write to replay",
+            )
+            .hinted("run it without --target to see it simulated"));
+        }
+    }
     if scenarios.is_empty() {
         scenarios = Scenario::ALL.to_vec();
     }
     Ok((config, scenarios))
+}
+
+/// The period of a live run when `--period` is not given.
+const LIVE_PERIOD: Nanos = Nanos::from_secs(1);
+
+/// The live run's targets and in-flight bound, when `--target` was given.
+pub fn live_from_args(args: &LabArgs) -> Result<Option<LiveOptions>, LabError> {
+    if args.target.is_empty() {
+        if let Some(text) = &args.in_flight {
+            return Err(LabError::flag(
+                "--in-flight",
+                text,
+                "only a live run has requests in flight",
+            )
+            .hinted("add --target URL, or leave --in-flight out"));
+        }
+        return Ok(None);
+    }
+    let mut targets = Vec::new();
+    for text in &args.target {
+        let target = Target::parse(text).map_err(|e| {
+            let err = LabError::flag("--target", text, e.to_string());
+            if text.contains("://") {
+                err
+            } else {
+                err.hinted(format!(
+                    "write it as a URL, e.g. \"http://{}\"",
+                    text.trim()
+                ))
+            }
+        })?;
+        targets.push(target);
+    }
+    let in_flight = match &args.in_flight {
+        Some(text) => ranged("--in-flight", text, MAX_IN_FLIGHT as u32)? as usize,
+        None => DEFAULT_IN_FLIGHT,
+    };
+    Ok(Some(LiveOptions { targets, in_flight }))
 }
 
 /// The one scenario whose name contains what was typed (after normalising case and
@@ -267,8 +328,14 @@ fn run(args: &LabArgs) -> Result<(), LabError> {
         }
         return Ok(());
     }
+    let live = live_from_args(args)?;
     let started = Instant::now();
-    let lab = tollgate_lab::run(&config, &scenarios);
+    let lab = match &live {
+        Some(options) => {
+            tollgate_lab::run_live(&config, &scenarios, options).map_err(LabError::Live)?
+        }
+        None => tollgate_lab::run(&config, &scenarios),
+    };
     let files = tollgate_lab::write(
         &lab,
         &args.out,
@@ -281,7 +348,8 @@ fn run(args: &LabArgs) -> Result<(), LabError> {
     let report = &lab.report;
     writeln!(
         stdout,
-        "tollgate lab: {} scenario(s) x 6 algorithms, {} per {}, fleets of {}, seed {}, in {seconds:.2} s",
+        "tollgate lab{}: {} scenario(s) x 6 algorithms, {} per {}, fleets of {}, seed {}, in {seconds:.2} s",
+        if report.live.is_some() { " (live)" } else { "" },
         report.scenarios.len(),
         config.limit(),
         human_duration(config.period()),
@@ -289,6 +357,19 @@ fn run(args: &LabArgs) -> Result<(), LabError> {
         config.seed(),
     )
     .map_err(LabError::Stdout)?;
+    if let Some(live) = &report.live {
+        writeln!(
+            stdout,
+            "live against {}: {} requests sent, {} failed; not reproducible",
+            live.targets.join(", "),
+            live.requests,
+            live.failed
+        )
+        .map_err(LabError::Stdout)?;
+        for skipped in &live.skipped {
+            writeln!(stdout, "not run live: {skipped}").map_err(LabError::Stdout)?;
+        }
+    }
     for line in tollgate_lab::highlights(report) {
         writeln!(stdout, "- {line}").map_err(LabError::Stdout)?;
     }
