@@ -418,6 +418,26 @@ async fn health(client: &reqwest::Client, target: &Target) -> Result<(), LiveErr
     }
 }
 
+/// Opens connections to every target before the first scenario (as many as may be
+/// in flight, up to 32 each), so the first requests do not pay for them.
+async fn warm(client: &reqwest::Client, options: &LiveOptions) {
+    let mut calls = Vec::new();
+    for target in &options.targets {
+        for _ in 0..options.in_flight.min(32) {
+            let request = client.get(target.health.clone()).timeout(HEALTH_TIMEOUT);
+            calls.push(tokio::spawn(async move {
+                // A failure here shows up again, counted, in the run itself.
+                if let Ok(response) = request.send().await {
+                    let _ = response.bytes().await;
+                }
+            }));
+        }
+    }
+    for call in calls {
+        let _ = call.await;
+    }
+}
+
 async fn run_async(
     config: &LabConfig,
     scenarios: &[Scenario],
@@ -427,6 +447,7 @@ async fn run_async(
     for target in &options.targets {
         health(&client, target).await?;
     }
+    warm(&client, options).await;
     let wall = std::time::Instant::now();
     let unix_ms = unix_now().as_u64() / 1_000_000;
     let tag = format!("{unix_ms}-{}", std::process::id());

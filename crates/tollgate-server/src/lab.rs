@@ -33,6 +33,13 @@ pub enum LabError {
     },
     /// The live run could not be made.
     Live(LiveError),
+    /// A live run got no decision at all (the report was written).
+    NoDecisions {
+        /// The targets.
+        targets: String,
+        /// Requests sent, every one failed.
+        failed: u64,
+    },
     /// Writing the report failed.
     Write(WriteError),
     /// Writing to stdout failed.
@@ -45,7 +52,10 @@ impl LabError {
         match self {
             LabError::Flag { .. } => 2,
             LabError::Live(e) if e.is_caller_error() => 2,
-            LabError::Live(_) | LabError::Write(_) | LabError::Stdout(_) => 1,
+            LabError::Live(_)
+            | LabError::NoDecisions { .. }
+            | LabError::Write(_)
+            | LabError::Stdout(_) => 1,
         }
     }
 
@@ -59,7 +69,10 @@ impl LabError {
             LabError::Live(LiveError::Unreachable { .. }) => {
                 Some("start one with `tollgate serve`, or check the host and port")
             }
-            LabError::Live(_) | LabError::Write(_) | LabError::Stdout(_) => None,
+            LabError::Live(_)
+            | LabError::NoDecisions { .. }
+            | LabError::Write(_)
+            | LabError::Stdout(_) => None,
         }
     }
 
@@ -90,6 +103,10 @@ impl fmt::Display for LabError {
                 ..
             } => write!(f, "{flag} {value}: {message}"),
             LabError::Live(e) => write!(f, "{e}"),
+            LabError::NoDecisions { targets, failed } => write!(
+                f,
+                "no decision from {targets}: all {failed} requests failed (the report says how)"
+            ),
             LabError::Write(e) => write!(f, "{e}"),
             LabError::Stdout(e) => write!(f, "cannot write to stdout: {e}"),
         }
@@ -381,5 +398,13 @@ fn run(args: &LabArgs) -> Result<(), LabError> {
         args.out.join("index.html").display()
     )
     .map_err(LabError::Stdout)?;
+    if let Some(live) = &report.live {
+        if live.requests > 0 && live.failed == live.requests {
+            return Err(LabError::NoDecisions {
+                targets: live.targets.join(", "),
+                failed: live.failed,
+            });
+        }
+    }
     Ok(())
 }

@@ -6,6 +6,7 @@ mod deploy;
 mod errors;
 mod http;
 mod lab;
+mod lab_live;
 mod redis_store;
 mod running;
 mod serve;
