@@ -178,9 +178,11 @@ fn cumulative(
     let x_end = secs(bucket * n as u64);
     let start = secs(scenario.first_arrival_ns);
     let ideal_end = f64::from(config.limit) * (x_end - start).max(0.0) / secs(config.period_ns);
+    let predicted = scenario.live.as_ref().map(|l| l.predicted.as_slice());
     let top = scenario
         .results
         .iter()
+        .chain(predicted.unwrap_or_default())
         .map(|r| r.admitted_series.iter().sum::<u64>())
         .max()
         .unwrap_or(0) as f64;
@@ -215,18 +217,33 @@ fn cumulative(
             IDEAL.stroke_width(2),
         ))
         .map_err(err)?;
-    for i in draw_order(scenario.results.len()) {
-        let r = &scenario.results[i];
+    let running_total = |series: &[u64]| {
         let mut total = 0;
         let mut points = vec![(0.0, 0.0)];
-        for (j, &v) in r.admitted_series.iter().enumerate() {
+        for (j, &v) in series.iter().enumerate() {
             total += v;
             points.push((secs(bucket * (j as u64 + 1)), total as f64));
         }
+        points
+    };
+    for i in draw_order(scenario.results.len()) {
+        let r = &scenario.results[i];
         chart
             .draw_series(LineSeries::new(
-                points,
+                running_total(&r.admitted_series),
                 colour(i).stroke_width(WIDTHS[i % WIDTHS.len()]),
+            ))
+            .map_err(err)?;
+    }
+    // A live run: the simulator's prediction for the same traffic, thin and
+    // dashed over the measured lines, so a gap between them shows.
+    for (i, p) in predicted.unwrap_or_default().iter().enumerate() {
+        chart
+            .draw_series(DashedLineSeries::new(
+                running_total(&p.admitted_series),
+                5,
+                4,
+                colour(i).stroke_width(2),
             ))
             .map_err(err)?;
     }
@@ -299,6 +316,32 @@ fn draw_legend(
         text.clone(),
     ))
     .map_err(err)?;
+    if scenario.live.is_some() {
+        y += 24;
+        for (a, b) in [(x, x + 6), (x + 10, x + 16), (x + 20, x + 26)] {
+            area.draw(&PathElement::new(
+                [(a, y + 8), (b, y + 8)],
+                BLACK.stroke_width(2),
+            ))
+            .map_err(err)?;
+        }
+        area.draw(&Text::new(
+            "predicted (lower panel,",
+            (x + 40, y),
+            text.clone(),
+        ))
+        .map_err(err)?;
+        y += 18;
+        area.draw(&Text::new("algorithm's colour)", (x + 40, y), text.clone()))
+            .map_err(err)?;
+        y += 24;
+        area.draw(&Text::new(
+            "LIVE: solid lines measured",
+            (x, y),
+            small.clone(),
+        ))
+        .map_err(err)?;
+    }
     y += 40;
     let notes = [
         format!(
