@@ -8,7 +8,10 @@
 #   DURATION=20s ROUNDS=3 bench/http.sh     # longer, interleaved rounds; medians
 #
 # Needs wrk (Debian package wrk) and, for the Redis rows, a Redis on
-# REDIS_URL (default redis://127.0.0.1:6379/0). The policy admits a billion
+# REDIS_URL (default redis://127.0.0.1:6379/0). When throttlecrab-server (a Rust
+# GCRA server: `cargo install throttlecrab-server`, whose build needs Debian's
+# protobuf-compiler) is on PATH, its POST /throttle is measured too, with the same
+# wrk settings. The policy admits a billion
 # requests per second, so every answer is a 200: the figures are the cost of a
 # decision, not of 429s.
 set -euo pipefail
@@ -22,6 +25,7 @@ REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
 MEM_PORT=${MEM_PORT:-3201}
 REDIS_PORT=${REDIS_PORT:-3202}
 HELLO_PORT=${HELLO_PORT:-3203}
+CRAB_PORT=${CRAB_PORT:-3204}
 
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 1; }
 cargo build --quiet --release -p tollgate-server
@@ -52,6 +56,11 @@ NO_COLOR=1 TOLLGATE_LOG=warn "$BIN" serve --config "$work/memory.toml" & pids+=(
 redis_ok=1
 NO_COLOR=1 TOLLGATE_LOG=warn "$BIN" serve --config "$work/redis.toml" & pids+=($!)
 THREADS=2 "$HELLO" plain "$HELLO_PORT" & pids+=($!)
+crab_ok=0
+if command -v throttlecrab-server >/dev/null 2>&1; then
+  throttlecrab-server --http --http-host 127.0.0.1 --http-port "$CRAB_PORT" >/dev/null 2>&1 & pids+=($!)
+  crab_ok=1
+fi
 
 cat > "$work/hot.lua" <<'LUA'
 wrk.method = "POST"
@@ -63,6 +72,18 @@ function setup(thread) math.randomseed(12345) end
 function request()
   local body = '{"policy":"api","key":"k' .. math.random(1, 100000) .. '"}'
   return wrk.format("POST", "/v1/check", { ["Content-Type"] = "application/json" }, body)
+end
+LUA
+cat > "$work/crab_hot.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"key":"hot","max_burst":1000000000,"count_per_period":1000000000,"period":1}'
+LUA
+cat > "$work/crab_random.lua" <<'LUA'
+function setup(thread) math.randomseed(12345) end
+function request()
+  local body = '{"key":"k' .. math.random(1, 100000) .. '","max_burst":1000000000,"count_per_period":1000000000,"period":1}'
+  return wrk.format("POST", "/throttle", { ["Content-Type"] = "application/json" }, body)
 end
 LUA
 cat > "$work/hello.lua" <<'LUA'
@@ -78,6 +99,10 @@ wait_for() {
 }
 wait_for "http://127.0.0.1:$MEM_PORT/healthz"
 wait_for "http://127.0.0.1:$HELLO_PORT/"
+if [ "$crab_ok" = 1 ] && ! wait_for "http://127.0.0.1:$CRAB_PORT/health"; then
+  echo "throttlecrab-server did not start: its rows are skipped" >&2
+  crab_ok=0
+fi
 if ! wait_for "http://127.0.0.1:$REDIS_PORT/readyz"; then
   echo "no Redis at $REDIS_URL: the Redis rows are skipped" >&2
   redis_ok=0
@@ -96,6 +121,7 @@ measure() {
 declare -A rps p99
 names=(hello mem_hot mem_random)
 [ "$redis_ok" = 1 ] && names+=(redis_hot redis_random)
+[ "$crab_ok" = 1 ] && names+=(crab_hot crab_random)
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
   for name in "${names[@]}"; do
@@ -105,6 +131,8 @@ for round in $(seq 1 "$ROUNDS"); do
       mem_random) r=$(measure "http://127.0.0.1:$MEM_PORT/v1/check" "$work/random.lua") ;;
       redis_hot) r=$(measure "http://127.0.0.1:$REDIS_PORT/v1/check" "$work/hot.lua") ;;
       redis_random) r=$(measure "http://127.0.0.1:$REDIS_PORT/v1/check" "$work/random.lua") ;;
+      crab_hot) r=$(measure "http://127.0.0.1:$CRAB_PORT/throttle" "$work/crab_hot.lua") ;;
+      crab_random) r=$(measure "http://127.0.0.1:$CRAB_PORT/throttle" "$work/crab_random.lua") ;;
     esac
     rps[$name]="${rps[$name]:-} ${r% *}"
     p99[$name]="${p99[$name]:-} ${r#* }"
@@ -127,4 +155,8 @@ echo "memory, 100k keys  / hello-world: $(ratio "${m[mem_random]}" "${m[hello]}"
 if [ "$redis_ok" = 1 ]; then
   echo "redis, hot key     / memory:      $(ratio "${m[redis_hot]}" "${m[mem_hot]}")"
   echo "redis, 100k keys   / memory:      $(ratio "${m[redis_random]}" "${m[mem_random]}")"
+fi
+if [ "$crab_ok" = 1 ]; then
+  echo "memory, hot key    / throttlecrab: $(ratio "${m[mem_hot]}" "${m[crab_hot]}")"
+  echo "memory, 100k keys  / throttlecrab: $(ratio "${m[mem_random]}" "${m[crab_random]}")"
 fi

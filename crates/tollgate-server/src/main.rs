@@ -4,24 +4,13 @@
 //! Exit status: 0 on success (and when stdout's reader goes away early), 1 when
 //! reading the input or writing the output failed, 2 on bad flags or bad input.
 
-mod api;
-mod app;
-mod backend;
-mod cli;
-mod config;
-mod lab;
-mod metrics;
-mod proxy;
-mod records;
-mod serve;
-mod simulate;
-
 use std::io::{self, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use tollgate_server::cli::{Cli, Command};
+use tollgate_server::{config, lab, serve, simulate};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
