@@ -3,10 +3,18 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
 use tollgate::MemoryStore;
 use tollgate_redis::RedisStore;
 
@@ -124,15 +132,62 @@ pub async fn serve(
     let state = Arc::new(AppState::new(config, backend));
     let router = app(state)
         .map_err(|e| ServeError::Runtime(format!("cannot build the protected routes: {e}")))?;
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .map_err(|e| ServeError::Runtime(format!("the server failed: {e}")))?;
+    serve_connections(listener, router, shutdown).await;
     tracing::info!("tollgate stopped: every request in flight was answered");
     Ok(())
+}
+
+/// How long a client has to send a request's headers, counted from when the server
+/// starts waiting for them (a new connection, or an idle keep-alive one); then the
+/// connection is closed. Without it a client sending its headers a byte at a time
+/// (slowloris), or opening connections and sending nothing, holds them forever:
+/// hyper's own 30 s default needs a timer, which `axum::serve` does not give it.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The pause after a failed `accept` (out of file descriptors, say) before the next
+/// one, so the loop does not spin while connections close.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Accepts HTTP/1 connections until `shutdown` completes, then lets each
+/// connection finish its request in flight and waits for all of them. Each request
+/// carries `ConnectInfo<SocketAddr>`, the peer address the key extractors read.
+async fn serve_connections(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!("cannot accept a connection: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let tower = TowerToHyperService::new(router.clone());
+        let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            hyper::service::Service::call(&tower, request)
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 fn init_logs(json: bool) {
