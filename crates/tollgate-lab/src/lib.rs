@@ -10,7 +10,10 @@
 //!
 //! The lab never re-implements an algorithm: decisions come from a
 //! [`tollgate::MemoryStore`] on a [`tollgate::ManualClock`], or from the pure
-//! functions behind [`tollgate::State`].
+//! functions behind [`tollgate::State`] — or, in live mode ([`run_live`]), from
+//! running tollgate servers: each request a real `POST /v1/check` sent in real
+//! time, measured the same way and set beside the simulator's prediction for the
+//! same traffic. A live report says so on every page and is not reproducible.
 //!
 //! ```
 //! use tollgate::Algorithm;

@@ -229,8 +229,10 @@ fn config_line(report: &Report) -> String {
              flight at most, keys tagged lab-{}-), sent in real time with the inline policy \
              L = {} requests per W = {} (burst B = {} for token_bucket, gcra and \
              leaky_bucket; T = W / L = {}); seed {}; the fleet scenarios have {} node(s). \
-             Figures are measured on the instants the requests were sent; \"predicted\" is \
-             the simulator on the same traffic. {} requests, {} failed{}; {:.1} s in all. \
+             Figures are measured on the instants the requests were sent; the server \
+             decides each one up to a round trip later, so a burst factor a little above \
+             the prediction is timing, not the limit giving way. \"predicted\" is the \
+             simulator on the same traffic. {} requests, {} failed{}; {:.1} s in all. \
              Charts count requests per {} bucket.",
             live.targets.join(", "),
             live.in_flight,

@@ -98,7 +98,10 @@ fn most_within(sorted: &[u64], w: u64) -> usize {
     best
 }
 
+/// The limit of the single-server run, and of the fleet run.
 const L: u64 = 5;
+const L_FLEET: u64 = 10;
+/// The period of every live run here (the live default).
 const W: u64 = 1_000_000_000;
 
 #[test]
@@ -416,4 +419,89 @@ fn bad_live_flags_exit_2_naming_the_flag() {
         "{}",
         run.stderr
     );
+}
+
+/// `--target` twice: a fleet of two servers. Sharing Redis, they hold one limit;
+/// each with its own memory, they admit one limit each.
+#[test]
+fn two_targets_sharing_redis_hold_one_limit_and_two_in_memory_do_not() {
+    let redis = std::env::var("TOLLGATE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let prefix = format!("tglablive:{}:", std::process::id());
+    let env = [
+        ("TOLLGATE_STORE_URL", redis.as_str()),
+        ("TOLLGATE_KEY_PREFIX", prefix.as_str()),
+    ];
+    let shared = [running::start(&[], &env), running::start(&[], &env)];
+    let apart = [running::start(&[], &[]), running::start(&[], &[])];
+    let lab = |servers: &[running::Server; 2], name: &str| {
+        let out = out_dir(name);
+        let args: Vec<String> = [
+            "lab",
+            "--target",
+            &servers[0].base,
+            "--target",
+            &servers[1].base,
+            "--scenario",
+            "fleet_shared",
+            "--nodes",
+            "2",
+            "--limit",
+            "10",
+            "--out",
+            path(&out),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let run = tollgate(&args, "");
+            (run, out)
+        })
+    };
+    let on_redis = lab(&shared, "redis");
+    let in_memory = lab(&apart, "memory");
+    let (run, redis_out) = on_redis.join().expect("the lab ran");
+    assert_eq!(run.status, 0, "{run:?}");
+    let (run, memory_out) = in_memory.join().expect("the lab ran");
+    assert_eq!(run.status, 0, "{run:?}");
+
+    let log_admitted_sent = |out: &Path| {
+        let all = requests(out);
+        assert!(all.iter().all(|r| r.outcome == "decided"), "no failures");
+        let log: Vec<&Request> = all
+            .iter()
+            .filter(|r| r.algorithm == "sliding_window_log")
+            .collect();
+        let slack = log.iter().map(|r| r.received - r.sent).max().unwrap_or(0);
+        let mut sent: Vec<u64> = log.iter().filter(|r| r.allowed).map(|r| r.sent).collect();
+        sent.sort_unstable();
+        (sent, slack)
+    };
+    // 40 requests per second over 2 nodes for 6 s; the simulator's shared store
+    // admits 10 per second, 60 in all.
+    let (sent, slack) = log_admitted_sent(&redis_out);
+    assert!(slack < W / 2, "round trips of {slack} ns");
+    assert!(
+        most_within(&sent, W - slack) as u64 <= L_FLEET,
+        "two servers on Redis: {sent:?}"
+    );
+    assert!(sent.len() >= 50 && sent.len() <= 62, "{}", sent.len());
+    let (sent, _) = log_admitted_sent(&memory_out);
+    assert!(
+        sent.len() >= 100,
+        "two servers with their own memory admit a limit each: {}",
+        sent.len()
+    );
+    let report: Value = serde_json::from_slice(
+        &std::fs::read(memory_out.join("report.json")).expect("report.json"),
+    )
+    .expect("JSON");
+    let log = result(&report, "fleet_shared", "sliding_window_log");
+    assert!(
+        log["burst_factor"].as_f64().expect("a ratio") >= 1.5,
+        "{log}"
+    );
+    assert_eq!(report["live"]["targets"].as_array().map(Vec::len), Some(2));
 }
