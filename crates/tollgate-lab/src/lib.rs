@@ -47,8 +47,8 @@ pub use config::{
     ConfigError, LabConfig, MAX_LIMIT, MAX_NODES, MAX_PERIOD, MIN_PERIOD, human_duration,
 };
 pub use live::{
-    Answer, DEFAULT_IN_FLIGHT, Failure, LiveError, LiveOptions, MAX_IN_FLIGHT, MAX_LIVE_DURATION,
-    MAX_LIVE_REQUESTS, Record, Target, TargetError, live_traffic, runs_live,
+    Answer, DEFAULT_IN_FLIGHT, Failure, LiveError, LiveOptions, MAX_BEHIND, MAX_IN_FLIGHT,
+    MAX_LIVE_DURATION, MAX_LIVE_REQUESTS, Record, Target, TargetError, live_traffic, runs_live,
 };
 pub use measure::max_in_window;
 pub use render::highlights;

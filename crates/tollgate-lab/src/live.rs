@@ -19,6 +19,11 @@
 //!   offered and not admitted, and counted apart. Beside them, the simulator's
 //!   prediction for the same traffic. `state_bytes_per_key` is the prediction's (a
 //!   server's memory is not visible over HTTP); the timings are round trips.
+//! - **Bounds.** At most [`MAX_LIVE_REQUESTS`] requests and [`MAX_LIVE_DURATION`]
+//!   per run, checked before anything is sent; a bounded number in flight; a
+//!   request that cannot be sent within [`MAX_BEHIND`] of its instant is counted
+//!   as not sent, and one unanswered after 5 s as a timeout, so a stalled server
+//!   cannot stretch a run. Every target must answer `GET /healthz` first.
 //!
 //! `race_nonatomic` does not run live: the server only decides atomically, so the
 //! read-then-write pattern has nothing to replay against. `boundary_attack` sends
@@ -55,6 +60,10 @@ pub const DEFAULT_IN_FLIGHT: usize = 64;
 pub const MAX_IN_FLIGHT: usize = 1024;
 /// How long one request may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The furthest behind its instant a request may be sent; later ones are counted
+/// as [`Failure::Late`] and not sent, so a server that stops answering cannot
+/// stretch a run beyond its scenarios' durations by more than this and a timeout.
+pub const MAX_BEHIND: Duration = Duration::from_secs(2);
 /// How long the first contact with each target may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 /// The least time between deciding a scenario's start and that start.
@@ -311,6 +320,9 @@ pub enum Failure {
     Body,
     /// Anything else (the connection dropped mid-request, ...).
     Other,
+    /// Never sent: no slot in flight came free within [`MAX_BEHIND`] of its
+    /// instant (the servers answer too slowly or not at all).
+    Late,
 }
 
 impl fmt::Display for Failure {
@@ -321,6 +333,7 @@ impl fmt::Display for Failure {
             Failure::Status(s) => write!(f, "http-{s}"),
             Failure::Body => write!(f, "bad-body"),
             Failure::Other => write!(f, "other"),
+            Failure::Late => write!(f, "not-sent-late"),
         }
     }
 }
@@ -596,7 +609,24 @@ impl Sender<'_> {
                     "burst": limit,
                 })
                 .to_string();
-                let permit = Arc::clone(self.semaphore).acquire_owned().await;
+                let due = start + Duration::from_nanos(a.at.as_u64());
+                meta.push((algorithm, key.clone(), target, a.at.as_u64()));
+                let permit = tokio::time::timeout_at(
+                    due + MAX_BEHIND,
+                    Arc::clone(self.semaphore).acquire_owned(),
+                )
+                .await;
+                let Ok(permit) = permit else {
+                    let now = Instant::now().saturating_duration_since(start);
+                    jobs.push(tokio::spawn(async move {
+                        Sent {
+                            sent: now,
+                            received: now,
+                            answer: Answer::Failed(Failure::Late),
+                        }
+                    }));
+                    continue;
+                };
                 let client = self.client.clone();
                 let url = self.targets[target].check.clone();
                 jobs.push(tokio::spawn(async move {
@@ -611,7 +641,6 @@ impl Sender<'_> {
                         answer,
                     }
                 }));
-                meta.push((algorithm, key.clone(), target, a.at.as_u64()));
             }
         }
         let mut records = Vec::with_capacity(jobs.len());

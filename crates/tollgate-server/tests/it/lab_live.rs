@@ -505,3 +505,79 @@ fn two_targets_sharing_redis_hold_one_limit_and_two_in_memory_do_not() {
     );
     assert_eq!(report["live"]["targets"].as_array().map(Vec::len), Some(2));
 }
+
+/// A server that answers `GET /healthz` and never answers a check: every request
+/// times out or is never sent, the run still ends within its duration and a few
+/// seconds, the report is written and the status is 1 (no decision at all).
+#[test]
+fn a_server_that_never_decides_ends_the_run_in_bounded_time() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    if buf[..n].starts_with(b"GET /healthz") {
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                    }
+                    // Anything else is read and never answered.
+                }
+            });
+        }
+    });
+    let out = out_dir("silent");
+    let started = Instant::now();
+    let run = tollgate(
+        &[
+            "lab",
+            "--target",
+            &base,
+            "--scenario",
+            "burst",
+            "--limit",
+            "5",
+            "--out",
+            path(&out),
+        ],
+        "",
+    );
+    let took = started.elapsed();
+    assert_eq!(run.status, 1, "{run:?}");
+    assert_eq!(
+        run.stderr.lines().next(),
+        Some(
+            format!("error: no decision from {base}: all 90 requests failed (the report says how)")
+                .as_str()
+        ),
+        "{}",
+        run.stderr
+    );
+    // Up to 1 s for the window edge, the 3 s scenario, a 5 s timeout.
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).expect("report.json"))
+            .expect("JSON");
+    let failures: Vec<(String, u64)> = report["live"]["failures"]
+        .as_array()
+        .expect("failures")
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().expect("kind").to_owned(),
+                f["count"].as_u64().expect("count"),
+            )
+        })
+        .collect();
+    // 64 in flight time out; the rest never get a slot within 2 s of their instant.
+    assert_eq!(
+        failures,
+        [("not-sent-late".to_owned(), 26), ("timeout".to_owned(), 64)]
+    );
+}
