@@ -626,3 +626,43 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         .into_response(),
     }
 }
+
+/// How long the decision API waits for a request's body (and its answer) before
+/// answering 408. The header read timeout (`serve.rs`) ends once the headers are
+/// in; without this, a client announcing a body and sending it a byte at a time,
+/// or never, would hold its connection forever.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Middleware of the decision API: a `Content-Length` over `max_body_bytes` is
+/// answered 413 at once (not after reading that much), and a request whose body
+/// has not arrived within [`BODY_READ_TIMEOUT`] is answered 408.
+pub async fn guard(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = state.config.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(length) = declared.filter(|&n| n > limit as u64) {
+        return Problem::status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is {length} bytes long: at most {limit} are accepted"),
+        )
+        .into_response();
+    }
+    match tokio::time::timeout(BODY_READ_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Problem::status(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request was not complete within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        )
+        .into_response(),
+    }
+}

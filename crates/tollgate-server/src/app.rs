@@ -75,6 +75,10 @@ pub fn app(state: Arc<AppState>) -> Result<Router, BuildError> {
         .route("/metrics", get(api::metrics))
         .route("/openapi.json", get(api::openapi))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::guard,
+        ))
         .with_state(state.clone());
 
     let config = &state.config;

@@ -1,6 +1,7 @@
 //! The `tollgate` binary's integration tests: one test binary that runs the real
 //! `tollgate` executable, one module per concern.
 
+mod abuse;
 mod common;
 mod deploy;
 mod errors;
