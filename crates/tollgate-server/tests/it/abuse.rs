@@ -362,7 +362,9 @@ async fn keys_that_are_not_utf8_are_a_clear_4xx() {
         assert!(detail.contains("not valid JSON"), "{detail}");
     }
     // A key header that is not UTF-8 (obs-text bytes, which HTTP allows in a value):
-    // the layer reads it lossily, so it is a key like any other, never a 5xx.
+    // never a 5xx. Today tollgate-tower's `Key::header` reads it lossily (each bad
+    // byte becomes U+FFFD), so it is answered like any key, and distinct byte
+    // strings share one bucket; a 400 would be clearer (reported, not changed here).
     let reply = raw(
         &s,
         b"GET / HTTP/1.1\r\nHost: t\r\nX-Api-Key: a\xff\xfeb\r\nConnection: close\r\n\r\n".to_vec(),
@@ -388,7 +390,7 @@ fn fd_limit(pid: &str) -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_held_connections_leave_the_server_responsive() {
     let mut s = start(&[], &[]);
     let pid = s.child.id();
@@ -402,22 +404,43 @@ async fn thousands_of_held_connections_leave_the_server_responsive() {
     let before = fds(pid);
     let started = Instant::now();
     let mut held = Vec::with_capacity(n);
+    let mut opening = tokio::task::JoinSet::new();
     for i in 0..n {
-        let mut c = TcpStream::connect(host(&s)).await.expect("connect");
-        if i % 2 == 0 {
-            // Half send a partial request; half send nothing.
-            let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n").await;
-        }
-        held.push(c);
+        let addr = host(&s).to_owned();
+        opening.spawn(async move {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            if i % 2 == 0 {
+                // Half send a partial request; half send nothing.
+                let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n").await;
+            }
+            c
+        });
     }
-    eprintln!("{n} connections opened in {:?}", started.elapsed());
+    while let Some(c) = opening.join_next().await {
+        held.push(c.expect("a connection"));
+    }
+    let opened = started.elapsed();
+    eprintln!("{n} connections opened in {opened:?}");
     let asked = Instant::now();
     assert_healthy(&mut s, "opening thousands of connections").await;
     let answered = asked.elapsed();
     assert!(answered < Duration::from_secs(2), "{answered:?}");
-    if let (Some(before), Some(during)) = (before, fds(pid)) {
+    // The server may still be accepting the last ones: the most seen within 3 s.
+    let mut during = fds(pid);
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(3) && during < before.map(|b| b + n) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        during = during.max(fds(pid));
+    }
+    if let (Some(before), Some(during)) = (before, during) {
         eprintln!("server descriptors: {before} before, {during} while {n} are held");
-        assert!(during >= before + n / 2, "the server accepted them");
+        // Unless opening them took so long that the header timeout already closed
+        // the first ones (a loaded machine), the server holds most of them: a few
+        // can still wait in the kernel (connected for the client, not yet in the
+        // listen backlog, whose handshake completes on a retransmission).
+        if opened < HEADER_READ_TIMEOUT / 2 {
+            assert!(during >= before + n * 3 / 4, "the server accepted them");
+        }
         // The header timeout closes the held connections: descriptors fall back.
         let deadline = Instant::now() + HEADER_READ_TIMEOUT + Duration::from_secs(10);
         loop {
