@@ -598,9 +598,10 @@ impl Sender<'_> {
         for (i, a) in traffic.arrivals.iter().enumerate() {
             tokio::time::sleep_until(start + Duration::from_nanos(a.at.as_u64())).await;
             let key = key(self.tag, scenario, traffic, a);
-            for (k, &algorithm) in Algorithm::ALL.iter().enumerate() {
-                let spread = if fleet { a.node as usize } else { i * 6 + k };
-                let target = spread % self.targets.len();
+            // Every algorithm's request for this arrival goes to the same target, so
+            // each key's requests take turns over the targets.
+            let target = if fleet { a.node as usize } else { i } % self.targets.len();
+            for &algorithm in &Algorithm::ALL {
                 let body = serde_json::json!({
                     "key": key,
                     "algorithm": algorithm.name(),

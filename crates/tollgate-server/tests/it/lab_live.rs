@@ -36,6 +36,7 @@ fn path(dir: &Path) -> &str {
 struct Request {
     scenario: String,
     algorithm: String,
+    target: String,
     scheduled: u64,
     sent: u64,
     received: u64,
@@ -59,6 +60,7 @@ fn requests(dir: &Path) -> Vec<Request> {
             Request {
                 scenario: f[0].to_owned(),
                 algorithm: f[1].to_owned(),
+                target: f[3].to_owned(),
                 scheduled: f[4].parse().expect("scheduled_ns"),
                 sent: f[5].parse().expect("sent_ns"),
                 received: f[6].parse().expect("received_ns"),
@@ -177,6 +179,7 @@ fn a_live_run_against_a_real_server_holds_the_contract() {
     assert!(all.iter().all(|r| r.outcome == "decided"), "no failures");
     for r in &all {
         assert!(r.scheduled <= r.sent && r.sent <= r.received, "{r:?}");
+        assert_eq!(r.target, server.base);
     }
     let of = |scenario: &str, algorithm: &str| -> Vec<&Request> {
         all.iter()
@@ -474,6 +477,9 @@ fn two_targets_sharing_redis_hold_one_limit_and_two_in_memory_do_not() {
             .iter()
             .filter(|r| r.algorithm == "sliding_window_log")
             .collect();
+        // Node n's requests go to target n: half to each.
+        let first = log.iter().filter(|r| r.target == log[0].target).count();
+        assert_eq!(2 * first, log.len());
         let slack = log.iter().map(|r| r.received - r.sent).max().unwrap_or(0);
         let mut sent: Vec<u64> = log.iter().filter(|r| r.allowed).map(|r| r.sent).collect();
         sent.sort_unstable();
