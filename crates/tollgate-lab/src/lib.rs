@@ -49,6 +49,7 @@ pub use config::{
 pub use live::{
     Answer, DEFAULT_IN_FLIGHT, Failure, LiveError, LiveOptions, MAX_BEHIND, MAX_IN_FLIGHT,
     MAX_LIVE_DURATION, MAX_LIVE_REQUESTS, Record, Target, TargetError, live_traffic, runs_live,
+    size as live_size,
 };
 pub use measure::max_in_window;
 pub use render::highlights;

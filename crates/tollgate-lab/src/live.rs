@@ -338,7 +338,8 @@ impl fmt::Display for Failure {
     }
 }
 
-/// The requests `scenarios` would send under `config`, and how long they last.
+/// The requests `scenarios` would send live under `config`, and how long the run
+/// lasts at most (each scenario's duration and a wait for a window edge).
 pub fn size(config: &LabConfig, scenarios: &[Scenario]) -> (u64, Nanos) {
     let mut requests = 0u64;
     let mut duration = Nanos::ZERO;

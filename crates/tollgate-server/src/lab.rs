@@ -12,7 +12,8 @@ use std::time::Instant;
 use tollgate::{Nanos, parse_duration};
 use tollgate_lab::{
     ConfigError, DEFAULT_IN_FLIGHT, LabConfig, LiveError, LiveOptions, MAX_IN_FLIGHT, MAX_LIMIT,
-    MAX_NODES, MAX_PERIOD, MIN_PERIOD, Scenario, Target, WriteError, WriteOptions, human_duration,
+    MAX_LIVE_DURATION, MAX_LIVE_REQUESTS, MAX_NODES, MAX_PERIOD, MIN_PERIOD, Scenario, Target,
+    WriteError, WriteOptions, human_duration,
 };
 
 use crate::cli::LabArgs;
@@ -346,6 +347,20 @@ fn run(args: &LabArgs) -> Result<(), LabError> {
         return Ok(());
     }
     let live = live_from_args(args)?;
+    if let Some(options) = &live {
+        // A live run takes real time: say how long before it starts.
+        let (requests, duration) = tollgate_lab::live_size(&config, &scenarios);
+        let fits = requests <= MAX_LIVE_REQUESTS && duration <= MAX_LIVE_DURATION;
+        let targets: Vec<&str> = options.targets.iter().map(|t| t.as_str()).collect();
+        if fits {
+            let _ = writeln!(
+                io::stderr().lock(),
+                "tollgate lab: live against {}: {requests} requests over at most {:.0} s",
+                targets.join(", "),
+                duration.as_u64() as f64 / 1e9
+            );
+        }
+    }
     let started = Instant::now();
     let lab = match &live {
         Some(options) => {

@@ -129,7 +129,13 @@ fn a_live_run_against_a_real_server_holds_the_contract() {
     );
     let took = started.elapsed();
     assert_eq!(run.status, 0, "{run:?}");
-    assert_eq!(run.stderr, "");
+    assert_eq!(
+        run.stderr,
+        format!(
+            "tollgate lab: live against {}: 150 requests over at most 9 s\n",
+            server.base
+        )
+    );
     // Two scenarios of 4 and 3 periods of 1s, each waiting for a window edge first.
     assert!(took < Duration::from_secs(30), "took {took:?}");
     assert!(
@@ -342,10 +348,15 @@ fn nothing_listening_exits_1_naming_the_url() {
         "",
     );
     assert_eq!(run.status, 1, "{run:?}");
+    let mut lines = run.stderr.lines();
+    assert_eq!(
+        lines.next(),
+        Some(format!("tollgate lab: live against {url}: 1800 requests over at most 4 s").as_str())
+    );
     assert!(
-        run.stderr.starts_with(&format!(
+        lines.next().is_some_and(|l| l.starts_with(&format!(
             "error: cannot reach the tollgate server at {url}: "
-        )),
+        ))),
         "{}",
         run.stderr
     );
@@ -557,7 +568,7 @@ fn a_server_that_never_decides_ends_the_run_in_bounded_time() {
     let took = started.elapsed();
     assert_eq!(run.status, 1, "{run:?}");
     assert_eq!(
-        run.stderr.lines().next(),
+        run.stderr.lines().nth(1),
         Some(
             format!("error: no decision from {base}: all 90 requests failed (the report says how)")
                 .as_str()
