@@ -942,6 +942,69 @@ mod tests {
         assert_eq!(at_edge.count(), 10);
     }
 
+    /// Records for `traffic` as if every request were sent on time and answered
+    /// 1 ms later with `answer(arrival, algorithm)`.
+    fn records(traffic: &Traffic, answer: impl Fn(usize, usize) -> Answer) -> Vec<Record> {
+        let mut out = Vec::new();
+        for (i, a) in traffic.arrivals.iter().enumerate() {
+            for (k, &algorithm) in Algorithm::ALL.iter().enumerate() {
+                out.push(Record {
+                    scenario: "burst",
+                    algorithm,
+                    key: "k".to_owned(),
+                    target: 0,
+                    scheduled_ns: a.at.as_u64(),
+                    sent_ns: a.at.as_u64(),
+                    received_ns: a.at.as_u64() + 1_000_000,
+                    answer: answer(i, k),
+                });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn failed_requests_are_offered_not_admitted_and_never_a_denial() {
+        let config = LabConfig::new(10, Nanos::from_secs(1), 4, 1).expect("valid");
+        let traffic = live_traffic(Scenario::Burst, &config);
+        // The first 5 requests fail; of the rest, 10 are admitted.
+        let recs = records(&traffic, |i, _| match i {
+            0..5 => Answer::Failed(Failure::Connect),
+            5..15 => Answer::Decided {
+                allowed: true,
+                delay: Nanos::ZERO,
+            },
+            _ => Answer::Decided {
+                allowed: false,
+                delay: Nanos::ZERO,
+            },
+        });
+        let mut timings = Timings::default();
+        let s = measure_scenario(&config, Scenario::Burst, &traffic, &recs, 0, &mut timings);
+        let live = s.live.as_ref().expect("live figures");
+        assert_eq!(live.failed, 5 * 6);
+        assert_eq!(live.max_round_trip_ns, 1_000_000);
+        assert_eq!(live.predicted.len(), 6);
+        for r in &s.results {
+            assert_eq!((r.offered, r.admitted, r.failed), (30, 10, Some(5)));
+            // Every request was sent at once: the first denial is at 0.
+            assert_eq!(r.first_denial_ns, Some(0));
+        }
+        for p in &live.predicted {
+            assert_eq!((p.offered, p.admitted), (30, 10));
+        }
+        assert_eq!(timings.entries.len(), 6);
+        assert!(timings.entries.iter().all(|t| t.decisions == 25));
+        assert!(s.title.ends_with("(live)"));
+        let text = csv(&recs, &["http://h:1".to_owned()]);
+        assert_eq!(text.lines().count(), 1 + 30 * 6);
+        assert!(
+            text.lines()
+                .nth(1)
+                .is_some_and(|l| l.ends_with(",http://h:1,500000000,500000000,501000000,connect,,"))
+        );
+    }
+
     #[test]
     fn runs_that_are_too_big_or_not_live_are_refused_before_sending() {
         let options = LiveOptions {
