@@ -1,5 +1,6 @@
 //! The server's configuration parser: any text is a `Config` or a `ConfigError`
-//! whose message can be printed; a `Config` renders for `check-config`.
+//! whose message can be printed. A `Config`'s rendering (what `check-config`
+//! prints) is itself a valid configuration that renders the same.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,8 +11,16 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     match config::from_text("fuzz.toml", text) {
-        Ok(config) => {
-            let _ = config::render(&config);
+        Ok(parsed) => {
+            let rendered = config::render(&parsed);
+            match config::from_text("rendered.toml", &rendered) {
+                Ok(again) => assert_eq!(
+                    config::render(&again),
+                    rendered,
+                    "the rendering of {text:?} renders differently"
+                ),
+                Err(err) => panic!("the rendering of {text:?} is invalid: {err}\n{rendered}"),
+            }
         }
         Err(err) => {
             let _ = err.to_string();
