@@ -152,10 +152,14 @@ impl Key {
             Source::Header(Ok(name)) => {
                 let mut values = parts.headers.get_all(name).iter();
                 match (values.next(), values.next()) {
-                    (Some(v), None) if !v.is_empty() => {
-                        out.push_str(&String::from_utf8_lossy(v.as_bytes()));
-                        Ok(())
-                    }
+                    // Not lossy: two different byte strings must not share a key.
+                    (Some(v), None) if !v.is_empty() => match std::str::from_utf8(v.as_bytes()) {
+                        Ok(text) => {
+                            out.push_str(text);
+                            Ok(())
+                        }
+                        Err(_) => Err(Missing::Header(name.clone())),
+                    },
                     _ => Err(Missing::Header(name.clone())),
                 }
             }
@@ -228,7 +232,7 @@ impl fmt::Display for Missing {
             ),
             Missing::Header(name) => write!(
                 f,
-                "the request has no usable {:?} header (it must appear once, non-empty)",
+                "the request has no usable {:?} header (it must appear once, non-empty, in UTF-8)",
                 name.as_str()
             ),
             Missing::Custom => f.write_str("the request carries no rate-limit key"),
