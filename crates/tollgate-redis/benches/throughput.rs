@@ -13,6 +13,7 @@
 //! (default 3), `TOLLGATE_BENCH_CONNECTIONS` (default 2), `TOLLGATE_BENCH_WORKERS`
 //! (tokio worker threads, default 2).
 
+use std::future::Future;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,22 +75,22 @@ fn redis_benchmark(host: &str, port: &str, n: usize, pipeline: usize, args: &[St
         .unwrap_or_else(|| panic!("unexpected redis-benchmark output: {text}"))
 }
 
-async fn store_rate(store: &RedisStore, keys: Arc<Vec<String>>, n: usize) -> f64 {
-    let policy =
-        Policy::new(Algorithm::Gcra, 1_000_000_000, Duration::from_secs(1)).expect("policy");
+/// Calls per second of `call` at `IN_FLIGHT` tasks in flight, each task walking
+/// `keys` from its own offset: the one driver every subject is measured with.
+async fn rate<F, Fut>(keys: Arc<Vec<String>>, n: usize, call: F) -> f64
+where
+    F: Fn(String) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
     let started = Instant::now();
     let mut tasks = Vec::new();
     for task in 0..IN_FLIGHT {
-        let store = store.clone();
         let keys = keys.clone();
+        let call = call.clone();
         tasks.push(tokio::spawn(async move {
             let mut i = task;
             for _ in 0..n / IN_FLIGHT {
-                let key = &keys[i % keys.len()];
-                store
-                    .check(&[Check::new(key, &policy)])
-                    .await
-                    .expect("check");
+                call(keys[i % keys.len()].clone()).await;
                 i += IN_FLIGHT;
             }
         }));
@@ -100,6 +101,23 @@ async fn store_rate(store: &RedisStore, keys: Arc<Vec<String>>, n: usize) -> f64
     (n / IN_FLIGHT * IN_FLIGHT) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The store deciding one GCRA check per call.
+async fn store_rate(store: &RedisStore, keys: Arc<Vec<String>>, n: usize) -> f64 {
+    let policy =
+        Policy::new(Algorithm::Gcra, 1_000_000_000, Duration::from_secs(1)).expect("policy");
+    let store = store.clone();
+    rate(keys, n, move |key| {
+        let store = store.clone();
+        async move {
+            store
+                .check(&[Check::new(&key, &policy)])
+                .await
+                .expect("check");
+        }
+    })
+    .await
+}
+
 /// Bare EVALSHA of the minimal script through redis-rs's multiplexed connection.
 async fn redis_rs_rate(
     conn: &redis::aio::ConnectionManager,
@@ -107,32 +125,22 @@ async fn redis_rs_rate(
     keys: Arc<Vec<String>>,
     n: usize,
 ) -> f64 {
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for task in 0..IN_FLIGHT {
-        let mut conn = conn.clone();
-        let keys = keys.clone();
-        let sha = sha.to_owned();
-        tasks.push(tokio::spawn(async move {
-            let mut i = task;
-            for _ in 0..n / IN_FLIGHT {
-                let _: i64 = redis::cmd("EVALSHA")
-                    .arg(&sha)
-                    .arg(1)
-                    .arg(&keys[i % keys.len()])
-                    .arg(1)
-                    .arg(1_000_000)
-                    .query_async(&mut conn)
-                    .await
-                    .expect("EVALSHA");
-                i += IN_FLIGHT;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("task");
-    }
-    (n / IN_FLIGHT * IN_FLIGHT) as f64 / started.elapsed().as_secs_f64()
+    let (conn, sha) = (conn.clone(), sha.to_owned());
+    rate(keys, n, move |key| {
+        let (mut conn, sha) = (conn.clone(), sha.clone());
+        async move {
+            let _: i64 = redis::cmd("EVALSHA")
+                .arg(&sha)
+                .arg(1)
+                .arg(&key)
+                .arg(1)
+                .arg(1_000_000)
+                .query_async(&mut conn)
+                .await
+                .expect("EVALSHA");
+        }
+    })
+    .await
 }
 
 /// Bare FCALL of tollgate's function through redis-rs, with the command prebuilt
@@ -143,40 +151,49 @@ async fn redis_rs_fcall_rate(
     keys: Arc<Vec<String>>,
     n: usize,
 ) -> f64 {
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for task in 0..IN_FLIGHT {
-        let mut conn = conn.clone();
-        let keys = keys.clone();
-        let function = function.to_owned();
-        tasks.push(tokio::spawn(async move {
-            let mut i = task;
-            for _ in 0..n / IN_FLIGHT {
-                let key = &keys[i % keys.len()];
-                let _: Vec<i64> = redis::cmd("FCALL")
-                    .arg(&function)
-                    .arg(1)
-                    .arg(format!("tgbench:{{{key}}}s:g"))
-                    .arg("s")
-                    .arg("")
-                    .arg("")
-                    .arg(0)
-                    .arg("g")
-                    .arg(1)
-                    .arg(1_000_000_000_u64)
-                    .arg(1_000_000_000_u64)
-                    .arg(1)
-                    .query_async(&mut conn)
-                    .await
-                    .expect("FCALL");
-                i += IN_FLIGHT;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("task");
-    }
-    (n / IN_FLIGHT * IN_FLIGHT) as f64 / started.elapsed().as_secs_f64()
+    let (conn, function) = (conn.clone(), function.to_owned());
+    rate(keys, n, move |key| {
+        let (mut conn, function) = (conn.clone(), function.clone());
+        async move {
+            let _: Vec<i64> = redis::cmd("FCALL")
+                .arg(&function)
+                .arg(1)
+                .arg(format!("tgbench:{{{key}}}s:g"))
+                .arg("s")
+                .arg("")
+                .arg("")
+                .arg(0)
+                .arg("g")
+                .arg(1)
+                .arg(1_000_000_000_u64)
+                .arg(1_000_000_000_u64)
+                .arg(1)
+                .query_async(&mut conn)
+                .await
+                .expect("FCALL");
+        }
+    })
+    .await
+}
+
+/// The minimal script's EVALSHA through fred.
+async fn fred_rate(
+    client: &fred::clients::Client,
+    sha: &str,
+    keys: Arc<Vec<String>>,
+    n: usize,
+) -> f64 {
+    let (client, sha) = (client.clone(), sha.to_owned());
+    rate(keys, n, move |key| {
+        let (client, sha) = (client.clone(), sha.clone());
+        async move {
+            let _: i64 = client
+                .evalsha(sha.as_str(), vec![key], vec![1_i64, 1_000_000])
+                .await
+                .expect("EVALSHA");
+        }
+    })
+    .await
 }
 
 /// CPU time this process has used, in seconds (user + system), from /proc.
@@ -187,40 +204,6 @@ fn cpu_seconds() -> f64 {
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // Fields 14 and 15 (utime, stime) are the 12th and 13th after the ')'.
     (ticks(11) + ticks(12)) / 100.0
-}
-
-/// The same through fred.
-async fn fred_rate(
-    client: &fred::clients::Client,
-    sha: &str,
-    keys: Arc<Vec<String>>,
-    n: usize,
-) -> f64 {
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for task in 0..IN_FLIGHT {
-        let client = client.clone();
-        let keys = keys.clone();
-        let sha = sha.to_owned();
-        tasks.push(tokio::spawn(async move {
-            let mut i = task;
-            for _ in 0..n / IN_FLIGHT {
-                let _: i64 = client
-                    .evalsha(
-                        sha.as_str(),
-                        vec![keys[i % keys.len()].clone()],
-                        vec![1_i64, 1_000_000],
-                    )
-                    .await
-                    .expect("EVALSHA");
-                i += IN_FLIGHT;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("task");
-    }
-    (n / IN_FLIGHT * IN_FLIGHT) as f64 / started.elapsed().as_secs_f64()
 }
 
 /// The name of the `tollgate_…` library in a FUNCTION LIST answer.
