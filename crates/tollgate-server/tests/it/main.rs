@@ -2,13 +2,17 @@
 //! `tollgate` executable, one module per concern.
 
 mod abuse;
+mod chaos;
 mod common;
 mod deploy;
+mod envoy;
 mod errors;
+mod flood;
 mod http;
 mod lab;
 mod lab_live;
 mod redis_store;
 mod running;
+mod security;
 mod serve;
 mod simulate;

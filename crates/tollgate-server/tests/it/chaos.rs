@@ -1,0 +1,1 @@
+//! Redis chaos under continuous load against two server nodes.

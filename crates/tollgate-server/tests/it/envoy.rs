@@ -1,0 +1,1 @@
+//! The Envoy rate limit service (gRPC `ShouldRateLimit`) of `tollgate serve`.

@@ -1,0 +1,1 @@
+//! Key floods: millions of distinct keys against the memory and Redis stores.

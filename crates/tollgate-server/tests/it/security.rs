@@ -1,0 +1,1 @@
+//! Security defaults, each checked against the real binary.
