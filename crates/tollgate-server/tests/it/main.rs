@@ -15,4 +15,5 @@ mod redis_store;
 mod running;
 mod security;
 mod serve;
+mod soak;
 mod simulate;
