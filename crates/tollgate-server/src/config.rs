@@ -42,6 +42,27 @@ pub struct Config {
     pub preset: Option<Preset>,
     /// Lines to log at start-up (settings accepted and ignored, and why).
     pub notes: Vec<String>,
+    /// `[envoy]`: the Envoy rate limit service (gRPC); `None` runs no listener.
+    pub envoy: Option<EnvoyConfig>,
+}
+
+/// Where the Envoy rate limit service listens when `[envoy]` names no address.
+pub const DEFAULT_ENVOY_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8081);
+
+/// `[envoy]`: the gRPC `envoy.service.ratelimit.v3.RateLimitService`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvoyConfig {
+    /// Address and port of the gRPC listener.
+    pub listen: SocketAddr,
+    /// The directory of envoyproxy/ratelimit YAML files.
+    pub config_dir: PathBuf,
+    /// Global shadow mode: decide and count, but always answer OK.
+    pub shadow_mode: bool,
+    /// How often the directory is read for changes.
+    pub reload_interval: Duration,
+    /// The domains the directory held when the configuration was checked, with
+    /// their rule counts (for `check-config`).
+    pub domains: Vec<(String, usize)>,
 }
 
 /// `[store]`.
@@ -262,6 +283,16 @@ struct FileConfig {
     #[serde(default)]
     policy: Vec<PolicySection>,
     protect: Option<ProtectSection>,
+    envoy: Option<EnvoySection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvoySection {
+    listen: Option<Spanned<String>>,
+    config_dir: Option<Spanned<String>>,
+    shadow_mode: Option<bool>,
+    reload_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -370,7 +401,47 @@ pub fn load(flags: &Flags, env: &BTreeMap<String, String>) -> Result<Config, Con
         config.listen.set_port(port);
     }
     check_references(&config)?;
+    check_envoy(&mut config)?;
     Ok(config)
+}
+
+/// Loads the Envoy configuration directory as `serve` will (with the store's
+/// bounds), so its errors stop start-up and `check-config` with the YAML file, line
+/// and field; records the domains found.
+pub fn check_envoy(config: &mut Config) -> Result<(), ConfigError> {
+    let options = envoy_options(config);
+    let Some(envoy) = &mut config.envoy else {
+        return Ok(());
+    };
+    let set = tollgate_envoy::load_dir(
+        &envoy.config_dir,
+        &options,
+        &tollgate_envoy::EnvoyMetrics::new(),
+    )
+    .map_err(envoy_error)?;
+    envoy.domains = set
+        .domain_names()
+        .into_iter()
+        .map(|d| (d.to_owned(), set.domain(d).map_or(0, |x| x.rules())))
+        .collect();
+    Ok(())
+}
+
+/// What the Envoy rules must fit: the Redis store holds periods up to 2^52 ns.
+pub fn envoy_options(config: &Config) -> tollgate_envoy::LoadOptions {
+    tollgate_envoy::LoadOptions {
+        max_duration: (config.store.url != "memory://").then_some(tollgate_redis::MAX_DURATION),
+    }
+}
+
+/// An error of the Envoy YAML files as a configuration error.
+pub fn envoy_error(e: tollgate_envoy::ConfigError) -> ConfigError {
+    ConfigError {
+        origin: e.file,
+        line: e.line,
+        field: e.field,
+        message: e.message,
+    }
 }
 
 fn from_preset(preset: Preset) -> Config {
@@ -394,6 +465,7 @@ fn from_preset(preset: Preset) -> Config {
         policies,
         preset: Some(preset),
         notes: Vec::new(),
+        envoy: None,
     }
 }
 
@@ -406,7 +478,9 @@ pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         field: "(file)".to_owned(),
         message: format!("cannot read the configuration file: {e}"),
     })?;
-    from_text(&origin, &text)
+    let mut config = from_text(&origin, &text)?;
+    check_envoy(&mut config)?;
+    Ok(config)
 }
 
 /// Reads configuration from TOML text; `origin` names it in errors.
@@ -572,7 +646,72 @@ pub fn from_text(origin: &str, text: &str) -> Result<Config, ConfigError> {
             }
         }
     }
+    if let Some(e) = &file.envoy {
+        let mut envoy = EnvoyConfig {
+            listen: DEFAULT_ENVOY_LISTEN,
+            config_dir: PathBuf::new(),
+            shadow_mode: e.shadow_mode.unwrap_or(false),
+            reload_interval: tollgate_envoy::reload::DEFAULT_INTERVAL,
+            domains: Vec::new(),
+        };
+        if let Some(listen) = &e.listen {
+            envoy.listen = listen.get_ref().parse().map_err(|_| {
+                src.error(
+                    "envoy.listen",
+                    listen,
+                    format!(
+                        "{:?} is not an address and port, such as \"127.0.0.1:8081\"",
+                        listen.get_ref()
+                    ),
+                )
+            })?;
+        }
+        match &e.config_dir {
+            Some(dir) if !dir.get_ref().trim().is_empty() => {
+                envoy.config_dir = PathBuf::from(dir.get_ref());
+            }
+            Some(dir) => {
+                return Err(src.error(
+                    "envoy.config_dir",
+                    dir,
+                    "config_dir is empty: name a directory of envoyproxy/ratelimit YAML files",
+                ));
+            }
+            None => {
+                return Err(ConfigError {
+                    origin: origin.to_owned(),
+                    line: None,
+                    field: "envoy.config_dir".to_owned(),
+                    message:
+                        "[envoy] needs config_dir, a directory of envoyproxy/ratelimit YAML files"
+                            .to_owned(),
+                });
+            }
+        }
+        if let Some(t) = &e.reload_interval {
+            envoy.reload_interval = parse_reload_interval(t.get_ref())
+                .map_err(|m| src.error("envoy.reload_interval", t, m))?;
+        }
+        config.envoy = Some(envoy);
+    }
     Ok(config)
+}
+
+fn parse_reload_interval(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text).map_err(|e| e.to_string())?;
+    let d = Duration::from_nanos(d.as_u64());
+    if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+        return Err(format!("{text:?} is out of range: expected 10ms to 1h"));
+    }
+    Ok(d)
+}
+
+fn parse_bool(text: &str) -> Option<bool> {
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
 }
 
 /// The field a toml error message is about, when it names one.
@@ -769,6 +908,45 @@ fn apply_env(config: &mut Config, env: &BTreeMap<String, String>) -> Result<(), 
     if let Some(token) = get("TOLLGATE_ADMIN_TOKEN") {
         config.admin_token = Some(token.to_owned());
     }
+    let envoy_vars = [
+        "TOLLGATE_ENVOY_LISTEN",
+        "TOLLGATE_ENVOY_CONFIG_DIR",
+        "TOLLGATE_ENVOY_SHADOW_MODE",
+    ];
+    if envoy_vars.iter().any(|v| get(v).is_some()) {
+        let envoy = config.envoy.get_or_insert_with(|| EnvoyConfig {
+            listen: DEFAULT_ENVOY_LISTEN,
+            config_dir: PathBuf::new(),
+            shadow_mode: false,
+            reload_interval: tollgate_envoy::reload::DEFAULT_INTERVAL,
+            domains: Vec::new(),
+        });
+        if let Some(listen) = get("TOLLGATE_ENVOY_LISTEN") {
+            envoy.listen = listen.parse().map_err(|_| {
+                env_error(
+                    "TOLLGATE_ENVOY_LISTEN",
+                    format!("{listen:?} is not an address and port, such as \"0.0.0.0:8081\""),
+                )
+            })?;
+        }
+        if let Some(dir) = get("TOLLGATE_ENVOY_CONFIG_DIR") {
+            envoy.config_dir = PathBuf::from(dir);
+        }
+        if let Some(on) = get("TOLLGATE_ENVOY_SHADOW_MODE") {
+            envoy.shadow_mode = parse_bool(on).ok_or_else(|| {
+                env_error(
+                    "TOLLGATE_ENVOY_SHADOW_MODE",
+                    format!("{on:?} is not true or false"),
+                )
+            })?;
+        }
+        if envoy.config_dir.as_os_str().is_empty() {
+            return Err(env_error(
+                "TOLLGATE_ENVOY_CONFIG_DIR",
+                "the Envoy listener needs a directory of envoyproxy/ratelimit YAML files",
+            ));
+        }
+    }
     if get("MASTER_NODE").is_some() {
         config.notes.push(
             "MASTER_NODE is accepted and ignored: tollgate computes refills from the time inside each decision, so no node refills tokens".to_owned(),
@@ -859,6 +1037,24 @@ pub fn render(config: &Config) -> String {
         "upstream = {}\n",
         q(config.protect.upstream.as_deref().unwrap_or(""))
     ));
+    if let Some(e) = &config.envoy {
+        out.push_str("\n[envoy]\n");
+        out.push_str(&format!("listen = {}\n", q(&e.listen.to_string())));
+        out.push_str(&format!(
+            "config_dir = {}\n",
+            q(&e.config_dir.display().to_string())
+        ));
+        out.push_str(&format!("shadow_mode = {}\n", e.shadow_mode));
+        out.push_str(&format!(
+            "reload_interval = {}\n",
+            q(&format_duration(
+                u64::try_from(e.reload_interval.as_nanos()).unwrap_or(u64::MAX)
+            ))
+        ));
+        for (domain, rules) in &e.domains {
+            out.push_str(&format!("# domain {}: {rules} rate limits\n", q(domain)));
+        }
+    }
     out
 }
 
@@ -1101,6 +1297,85 @@ upstream = "http://127.0.0.1:3000/"
         assert_eq!(again.store, c.store);
         assert_eq!(again.policies, c.policies);
         assert_eq!(render(&again), rendered);
+    }
+
+    #[test]
+    fn the_envoy_table_and_its_variables() {
+        let c = from_text(
+            "e.toml",
+            "[envoy]\nconfig_dir = \"/etc/ratelimit\"\nshadow_mode = true\n",
+        )
+        .expect("valid");
+        let e = c.envoy.clone().expect("on");
+        assert_eq!(e.listen, DEFAULT_ENVOY_LISTEN);
+        assert_eq!(e.config_dir, PathBuf::from("/etc/ratelimit"));
+        assert!(e.shadow_mode);
+        assert_eq!(e.reload_interval, tollgate_envoy::reload::DEFAULT_INTERVAL);
+        let again = from_text("rendered", &render(&c)).expect("the rendering reads back");
+        assert_eq!(again.envoy, c.envoy);
+        assert!(from_text("e.toml", "").expect("valid").envoy.is_none());
+        let cases = [
+            (
+                "[envoy]\nlisten = \"nowhere\"\nconfig_dir = \"d\"\n",
+                Some(2),
+                "envoy.listen",
+            ),
+            (
+                "[envoy]\nlisten = \"127.0.0.1:1\"\n",
+                None,
+                "envoy.config_dir",
+            ),
+            ("[envoy]\nconfig_dir = \"\"\n", Some(2), "envoy.config_dir"),
+            (
+                "[envoy]\nconfig_dir = \"d\"\nreload_interval = \"1ms\"\n",
+                Some(3),
+                "envoy.reload_interval",
+            ),
+            ("[envoy]\nconfig_dri = \"d\"\n", Some(2), "config_dri"),
+        ];
+        for (text, line, field) in cases {
+            let e = from_text("e.toml", text).expect_err(text);
+            assert_eq!((e.line, e.field.as_str()), (line, field), "{text}: {e}");
+        }
+        // The environment turns it on; the directory must exist and load.
+        let dir = std::env::temp_dir().join(format!("tollgate-envoy-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("a.yaml"), "domain: a\n").expect("write");
+        let dir_text = dir.to_str().expect("utf-8");
+        let c = load(
+            &Flags::default(),
+            &env(&[
+                ("TOLLGATE_ENVOY_CONFIG_DIR", dir_text),
+                ("TOLLGATE_ENVOY_LISTEN", "0.0.0.0:9081"),
+            ]),
+        )
+        .expect("valid");
+        let e = c.envoy.expect("on");
+        assert_eq!(e.listen.to_string(), "0.0.0.0:9081");
+        assert_eq!(e.domains, [("a".to_owned(), 0)]);
+        for (vars, field) in [
+            (
+                vec![("TOLLGATE_ENVOY_LISTEN", "0.0.0.0:9081")],
+                "TOLLGATE_ENVOY_CONFIG_DIR",
+            ),
+            (
+                vec![
+                    ("TOLLGATE_ENVOY_CONFIG_DIR", dir_text),
+                    ("TOLLGATE_ENVOY_SHADOW_MODE", "maybe"),
+                ],
+                "TOLLGATE_ENVOY_SHADOW_MODE",
+            ),
+        ] {
+            let e = load(&Flags::default(), &env(&vars)).expect_err(field);
+            assert_eq!(e.field, field, "{e}");
+        }
+        let e = load(
+            &Flags::default(),
+            &env(&[("TOLLGATE_ENVOY_CONFIG_DIR", "/no/such/dir/anywhere")]),
+        )
+        .expect_err("missing dir");
+        assert!(e.to_string().contains("cannot read the directory"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -85,6 +85,12 @@ impl Metrics {
         }
     }
 
+    /// The registry, for other parts of the server to register their metrics in
+    /// (the Envoy service's per-rule counters).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// Makes the counters of these policies ahead of time.
     pub fn prepare<'a>(&mut self, policies: impl IntoIterator<Item = &'a str>) {
         for policy in policies {

@@ -8,6 +8,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -16,12 +17,14 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tollgate::MemoryStore;
+use tollgate_envoy::proto::rate_limit_service_server::RateLimitServiceServer;
+use tollgate_envoy::{EnvoyMetrics, RateLimiter, RuleSet};
 use tollgate_redis::RedisStore;
 
 use crate::app::{AppState, app};
 use crate::backend::Backend;
 use crate::cli::ServeArgs;
-use crate::config::{self, Config, Flags, redact};
+use crate::config::{self, Config, EnvoyConfig, Flags, redact};
 
 /// Why the server stopped early.
 #[derive(Debug)]
@@ -115,6 +118,10 @@ pub async fn serve(
     backend
         .metrics
         .prepare(config.policies.iter().map(|p| p.name.as_str()));
+    let envoy = match &config.envoy {
+        Some(e) => Some(envoy_rules(&config, e, &mut backend)?),
+        None => None,
+    };
     let listen = config.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -122,19 +129,139 @@ pub async fn serve(
     let local = listener
         .local_addr()
         .map_err(|e| ServeError::Runtime(format!("cannot read the listening address: {e}")))?;
+    let grpc_listener = match &config.envoy {
+        Some(e) => {
+            let at = e.listen;
+            let l = TcpListener::bind(at).await.map_err(|err| {
+                ServeError::Runtime(format!(
+                    "cannot listen on {at} for the Envoy rate limit service: {err}"
+                ))
+            })?;
+            let addr = l.local_addr().map_err(|err| {
+                ServeError::Runtime(format!("cannot read the gRPC listening address: {err}"))
+            })?;
+            Some((l, addr))
+        }
+        None => None,
+    };
     tracing::info!(
         listen = %local,
+        grpc_listen = %grpc_listener.as_ref().map_or_else(|| "(off)".to_owned(), |(_, a)| a.to_string()),
         store = %redact(&config.store.url),
         preset = config.preset.map(|p| p.name()).unwrap_or("(none: policies from the file)"),
         policies = %config.policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(","),
         "tollgate is serving"
     );
+    // One shutdown signal for both listeners.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
     let state = Arc::new(AppState::new(config, backend));
+    let grpc = match (envoy, grpc_listener) {
+        (Some(rules), Some((l, _))) => Some(tokio::spawn(serve_grpc(
+            l,
+            Arc::clone(&state),
+            rules,
+            stopped(stop_rx.clone()),
+        ))),
+        _ => None,
+    };
     let router = app(state)
         .map_err(|e| ServeError::Runtime(format!("cannot build the protected routes: {e}")))?;
-    serve_connections(listener, router, shutdown).await;
+    serve_connections(listener, router, stopped(stop_rx)).await;
+    if let Some(grpc) = grpc {
+        match grpc.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("the gRPC listener ended with an error: {e}"),
+            Err(e) => tracing::warn!("the gRPC listener's task failed: {e}"),
+        }
+    }
     tracing::info!("tollgate stopped: every request in flight was answered");
     Ok(())
+}
+
+/// Completes once the shutdown signal has been seen.
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    // An error means the sender is gone, which only happens after it sent.
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// The Envoy service's rules, loaded and watched, and its metrics registered.
+struct EnvoyRules {
+    rules: Arc<ArcSwap<RuleSet>>,
+    metrics: EnvoyMetrics,
+    shadow_mode: bool,
+}
+
+fn envoy_rules(
+    config: &Config,
+    envoy: &EnvoyConfig,
+    backend: &mut Backend,
+) -> Result<EnvoyRules, ServeError> {
+    let options = config::envoy_options(config);
+    let metrics = EnvoyMetrics::new();
+    let (set, seen) = tollgate_envoy::reload::initial(&envoy.config_dir, &options, &metrics)
+        .map_err(|e| ServeError::Config(config::envoy_error(e)))?;
+    tracing::info!(
+        dir = %envoy.config_dir.display(),
+        domains = %set.domain_names().join(","),
+        rules = set.rules(),
+        shadow_mode = envoy.shadow_mode,
+        "Envoy rate limit configuration loaded"
+    );
+    metrics.register(backend.metrics.registry_mut());
+    let rules = Arc::new(ArcSwap::from_pointee(set));
+    tollgate_envoy::reload::watch(
+        envoy.config_dir.clone(),
+        options,
+        metrics.clone(),
+        &rules,
+        seen,
+        envoy.reload_interval,
+    )
+    .map_err(|e| ServeError::Runtime(format!("cannot start the configuration watcher: {e}")))?;
+    Ok(EnvoyRules {
+        rules,
+        metrics,
+        shadow_mode: envoy.shadow_mode,
+    })
+}
+
+/// Serves `envoy.service.ratelimit.v3.RateLimitService` and the standard gRPC
+/// health service (HTTP/2, tonic) until `shutdown`, then lets the calls in flight
+/// finish.
+async fn serve_grpc(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    envoy: EnvoyRules,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let limiter = RateLimiter::new(Arc::clone(&state.backend), envoy.rules, envoy.metrics)
+        .shadow_mode(envoy.shadow_mode);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<RateLimitServiceServer<RateLimiter<Backend>>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let stopping = async move {
+        shutdown.await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        health
+            .set_not_serving::<RateLimitServiceServer<RateLimiter<Backend>>>()
+            .await;
+    };
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(RateLimitServiceServer::new(limiter))
+        .serve_with_incoming_shutdown(incoming, stopping)
+        .await
 }
 
 /// How long a client has to send a request's headers, counted from when the server

@@ -1,1 +1,611 @@
-//! The Envoy rate limit service (gRPC `ShouldRateLimit`) of `tollgate serve`.
+//! The Envoy rate limit service (gRPC `ShouldRateLimit`) of `tollgate serve`: the real
+//! binary, a tonic client, configuration files in envoyproxy/ratelimit's format.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tollgate_envoy::proto::rate_limit_descriptor::Entry;
+use tollgate_envoy::proto::rate_limit_response::Code;
+use tollgate_envoy::proto::rate_limit_service_client::RateLimitServiceClient;
+use tollgate_envoy::proto::{
+    RateLimitDescriptor, RateLimitRequest, RateLimitResponse, UInt64Value,
+};
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::running::{Server, client, start};
+
+fn redis_url() -> String {
+    std::env::var("TOLLGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A name no other run (or test) uses.
+fn unique(name: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{name}_{}_{}_{}",
+        std::process::id(),
+        nanos,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A fresh directory holding `files`, and a TOML configuration that serves them.
+fn setup(name: &str, files: &[(&str, &str)], store: &str) -> (PathBuf, PathBuf) {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("tollgate-envoy-it")
+        .join(unique(name));
+    let dir = root.join("ratelimit");
+    std::fs::create_dir_all(&dir).expect("create the config dir");
+    for (file, text) in files {
+        std::fs::write(dir.join(file), text).expect("write a config file");
+    }
+    let toml = root.join("tollgate.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[store]\n{store}\n[envoy]\nlisten = \"127.0.0.1:0\"\nconfig_dir = \"{}\"\nreload_interval = \"50ms\"\n",
+            dir.display()
+        ),
+    )
+    .expect("write tollgate.toml");
+    (dir, toml)
+}
+
+fn serve(toml: &Path, env: &[(&str, &str)]) -> Server {
+    start(&["--config", toml.to_str().expect("UTF-8 path")], env)
+}
+
+async fn connect(server: &Server) -> RateLimitServiceClient<Channel> {
+    let url = server.grpc.clone().expect("the server logs grpc_listen=");
+    RateLimitServiceClient::connect(url)
+        .await
+        .expect("connect over gRPC")
+}
+
+fn request(domain: &str, descriptors: &[&[(&str, &str)]], hits: u32) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: domain.to_owned(),
+        descriptors: descriptors
+            .iter()
+            .map(|d| RateLimitDescriptor {
+                entries: d
+                    .iter()
+                    .map(|(k, v)| Entry {
+                        key: (*k).to_owned(),
+                        value: (*v).to_owned(),
+                    })
+                    .collect(),
+                ..RateLimitDescriptor::default()
+            })
+            .collect(),
+        hits_addend: hits,
+    }
+}
+
+async fn ask(
+    c: &mut RateLimitServiceClient<Channel>,
+    domain: &str,
+    descriptors: &[&[(&str, &str)]],
+) -> RateLimitResponse {
+    c.should_rate_limit(request(domain, descriptors, 0))
+        .await
+        .expect("ShouldRateLimit answers")
+        .into_inner()
+}
+
+/// How many of `n` calls are answered OK overall.
+async fn admitted(
+    c: &mut RateLimitServiceClient<Channel>,
+    n: usize,
+    domain: &str,
+    descriptors: &[&[(&str, &str)]],
+) -> usize {
+    let mut ok = 0;
+    for _ in 0..n {
+        if ask(c, domain, descriptors).await.overall_code == Code::Ok as i32 {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+fn code(r: &RateLimitResponse, i: usize) -> Code {
+    Code::try_from(r.statuses[i].code).expect("a known code")
+}
+
+/// Waits, if needed, so the next `margin` does not cross a boundary of the
+/// clock-aligned windows of `unit_secs` (the fixed windows envoyproxy/ratelimit uses).
+async fn clear_of_boundary(unit_secs: u64, margin: Duration) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970");
+    let into =
+        Duration::from_nanos((now.as_nanos() % (u128::from(unit_secs) * 1_000_000_000)) as u64);
+    let left = Duration::from_secs(unit_secs) - into;
+    if left < margin {
+        tokio::time::sleep(left + Duration::from_millis(200)).await;
+    }
+}
+
+/// A file in the style of envoyproxy/ratelimit's README examples, for `domain`.
+fn example(domain: &str) -> String {
+    format!(
+        r#"# Per-caller limits of a messaging API
+domain: {domain}
+descriptors:
+  # 5 an hour per number for promotions, nested under the message type
+  - key: message_type
+    value: promo
+    descriptors:
+      - key: to_number
+        rate_limit:
+          unit: hour
+          requests_per_unit: 5
+
+  # 10 an hour per number, whatever the message
+  - key: to_number
+    rate_limit:
+      unit: hour
+      requests_per_unit: 10
+
+  # one address is blocked
+  - key: remote_address
+    value: 203.0.113.9
+    rate_limit:
+      unit: second
+      requests_per_unit: 0
+
+  # internal callers are not limited
+  - key: caller
+    value: internal
+    rate_limit:
+      unlimited: true
+
+  # a named per-user limit, and a route that replaces it
+  - key: route
+    value: reads
+    descriptors:
+      - key: user
+        rate_limit:
+          name: reads_per_user
+          unit: hour
+          requests_per_unit: 2
+  - key: route
+    value: export
+    descriptors:
+      - key: user
+        rate_limit:
+          replaces:
+            - name: reads_per_user
+          unit: hour
+          requests_per_unit: 4
+
+  # soft launch
+  - key: beta
+    shadow_mode: true
+    rate_limit:
+      unit: hour
+      requests_per_unit: 1
+
+  # tollgate's extension: a token bucket's burst, and an exact sliding window
+  - key: plan
+    value: burst
+    rate_limit:
+      unit: hour
+      requests_per_unit: 1
+      algorithm: gcra
+      burst: 3
+  - key: plan
+    value: exact
+    rate_limit:
+      unit: hour
+      requests_per_unit: 2
+      algorithm: sliding_window_log
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn should_rate_limit_over_grpc_as_envoyproxy_ratelimit_documents() {
+    let domain = unique("msg");
+    let (_dir, toml) = setup(
+        "basic",
+        &[("messaging.yaml", &example(&domain))],
+        "url = \"memory://\"",
+    );
+    let server = serve(&toml, &[]);
+    let mut c = connect(&server).await;
+    let d = domain.as_str();
+    clear_of_boundary(3600, Duration::from_secs(60)).await;
+
+    // Over the limit after requests_per_unit, with the statuses' fields.
+    let number: &[(&str, &str)] = &[("to_number", "5550001")];
+    for i in 0..10u32 {
+        let r = ask(&mut c, d, &[number]).await;
+        assert_eq!(r.overall_code, Code::Ok as i32, "call {i}");
+        let s = &r.statuses[0];
+        let limit = s.current_limit.as_ref().expect("current_limit");
+        assert_eq!(
+            (limit.requests_per_unit, limit.unit),
+            (10, 3),
+            "10 per HOUR"
+        );
+        assert_eq!(s.limit_remaining, 9 - i);
+        let reset = s.duration_until_reset.expect("duration_until_reset");
+        assert!(reset.seconds > 0 && reset.seconds <= 3600, "{reset:?}");
+    }
+    let r = ask(&mut c, d, &[number]).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    assert_eq!(
+        (code(&r, 0), r.statuses[0].limit_remaining),
+        (Code::OverLimit, 0)
+    );
+
+    // hits_addend is the cost; 0 means 1.
+    let other: &[(&str, &str)] = &[("to_number", "5550002")];
+    let r = c
+        .should_rate_limit(request(d, &[other], 8))
+        .await
+        .expect("answer")
+        .into_inner();
+    assert_eq!((code(&r, 0), r.statuses[0].limit_remaining), (Code::Ok, 2));
+    let r = c
+        .should_rate_limit(request(d, &[other], 3))
+        .await
+        .expect("answer")
+        .into_inner();
+    assert_eq!(code(&r, 0), Code::OverLimit, "8 + 3 > 10");
+    let mut per_descriptor = request(d, &[other], 9);
+    per_descriptor.descriptors[0].hits_addend = Some(UInt64Value { value: 2 });
+    let r = c
+        .should_rate_limit(per_descriptor)
+        .await
+        .expect("answer")
+        .into_inner();
+    assert_eq!((code(&r, 0), r.statuses[0].limit_remaining), (Code::Ok, 0));
+
+    // Nested descriptors, decided together: the denied call takes nothing.
+    let promo: &[(&str, &str)] = &[("message_type", "promo"), ("to_number", "5550003")];
+    let plain: &[(&str, &str)] = &[("to_number", "5550003")];
+    assert_eq!(admitted(&mut c, 6, d, &[promo, plain]).await, 5);
+    let r = ask(&mut c, d, &[promo, plain]).await;
+    assert_eq!((code(&r, 0), code(&r, 1)), (Code::OverLimit, Code::Ok));
+    assert_eq!(r.statuses[1].limit_remaining, 5);
+    assert_eq!(admitted(&mut c, 6, d, &[plain]).await, 5);
+
+    // requests_per_unit 0 blocks; unlimited is OK with 2^32 - 1 remaining.
+    let r = ask(&mut c, d, &[&[("remote_address", "203.0.113.9")]]).await;
+    assert_eq!(code(&r, 0), Code::OverLimit);
+    for _ in 0..20 {
+        let r = ask(&mut c, d, &[&[("caller", "internal")]]).await;
+        assert_eq!(
+            (code(&r, 0), r.statuses[0].limit_remaining),
+            (Code::Ok, u32::MAX)
+        );
+    }
+
+    // Unknown descriptors, values and domains are allowed with no limit.
+    for (dom, desc) in [
+        (d, [("remote_address", "203.0.113.10")]),
+        (d, [("nobody", "knows")]),
+        ("no_such_domain", [("to_number", "5550001")]),
+    ] {
+        let r = ask(&mut c, dom, &[&desc]).await;
+        assert_eq!(r.overall_code, Code::Ok as i32, "{dom} {desc:?}");
+        assert_eq!(r.statuses[0].current_limit, None);
+    }
+
+    // replaces: the export route's limit replaces the per-user reads limit.
+    let reads: &[(&str, &str)] = &[("route", "reads"), ("user", "ann")];
+    let export: &[(&str, &str)] = &[("route", "export"), ("user", "ann")];
+    assert_eq!(admitted(&mut c, 5, d, &[reads, export]).await, 4);
+    assert_eq!(admitted(&mut c, 3, d, &[reads]).await, 2, "reads untouched");
+    let r = ask(&mut c, d, &[reads]).await;
+    let name = r.statuses[0].current_limit.as_ref().map(|l| l.name.clone());
+    assert_eq!(name.as_deref(), Some("reads_per_user"));
+
+    // Shadow mode: over its limit, still OK.
+    for _ in 0..3 {
+        let r = ask(&mut c, d, &[&[("beta", "tester")]]).await;
+        assert_eq!((r.overall_code, code(&r, 0)), (Code::Ok as i32, Code::Ok));
+    }
+
+    // The algorithm extension: gcra with a burst of 3, an exact sliding window.
+    assert_eq!(admitted(&mut c, 5, d, &[&[("plan", "burst")]]).await, 3);
+    let r = ask(&mut c, d, &[&[("plan", "burst")]]).await;
+    let retry = r.statuses[0].duration_until_reset.expect("retry");
+    assert!(
+        (3590..=3600).contains(&retry.seconds),
+        "one token an hour: {retry:?}"
+    );
+    assert_eq!(admitted(&mut c, 4, d, &[&[("plan", "exact")]]).await, 2);
+
+    // Malformed calls are INVALID_ARGUMENT.
+    let e = c
+        .should_rate_limit(request("", &[number], 0))
+        .await
+        .expect_err("no domain");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+
+    // The metrics, per rule, beside the server's own.
+    let text = client()
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let line = |name: &str, rule: &str| {
+        let head = format!("tollgate_{name}_total{{domain=\"{domain}\",rule=\"{rule}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(head.as_str()))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert_eq!(line("envoy_shadow_mode", "beta"), Some(2), "{text}");
+    assert_eq!(
+        line("envoy_over_limit", "to_number"),
+        Some(1 + 3 + 1),
+        "{text}"
+    );
+    assert_eq!(
+        line("envoy_near_limit", "remote_address_203.0.113.9"),
+        Some(0),
+        "{text}"
+    );
+    assert!(
+        line("envoy_near_limit", "to_number").is_some_and(|n| n >= 2),
+        "hits above 8 of 10: {text}"
+    );
+    assert!(
+        text.contains("tollgate_envoy_config_loads_total{outcome=\"ok\"} 1"),
+        "{text}"
+    );
+    // gRPC decisions go through the server's store and its metrics.
+    assert!(
+        text.contains(&format!("policy=\"envoy/{domain}/to_number/fixed_window\"")),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_serving_and_global_shadow_mode_answers_ok() {
+    let domain = unique("shadow");
+    let file = format!(
+        "domain: {domain}\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: day\n      requests_per_unit: 2\n"
+    );
+    let (_dir, toml) = setup("shadow", &[("s.yaml", &file)], "url = \"memory://\"");
+    let server = serve(&toml, &[("TOLLGATE_ENVOY_SHADOW_MODE", "true")]);
+    let url = server.grpc.clone().expect("grpc");
+    let channel = Channel::from_shared(url)
+        .expect("a URL")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(channel);
+    for service in ["", "envoy.service.ratelimit.v3.RateLimitService"] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .expect("health answers")
+            .into_inner();
+        assert_eq!(r.status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    let mut c = connect(&server).await;
+    clear_of_boundary(86_400, Duration::from_secs(30)).await;
+    for i in 0..4 {
+        let r = ask(&mut c, &domain, &[&[("k", "v")]]).await;
+        assert_eq!(r.overall_code, Code::Ok as i32, "call {i}");
+        let want = if i < 2 { Code::Ok } else { Code::OverLimit };
+        assert_eq!(code(&r, 0), want, "the status still says, call {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_configuration_stops_start_up_naming_the_file_and_field() {
+    let (dir, toml) = setup(
+        "invalid",
+        &[(
+            "bad.yaml",
+            "domain: x\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: fortnight\n      requests_per_unit: 1\n",
+        )],
+        "url = \"memory://\"",
+    );
+    let out = std::process::Command::new(crate::running::BIN)
+        .args(["serve", "--port", "0", "--config"])
+        .arg(&toml)
+        .env_remove("TOLLGATE_CONFIG")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}: descriptors[0].rate_limit.unit: unknown unit \"fortnight\"",
+            dir.join("bad.yaml").display()
+        )),
+        "{err}"
+    );
+    // check-config reports the same; fixed, it shows the section and the domains.
+    let out = std::process::Command::new(crate::running::BIN)
+        .arg("check-config")
+        .arg(&toml)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    std::fs::write(
+        dir.join("bad.yaml"),
+        "domain: x\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: week\n      requests_per_unit: 1\n",
+    )
+    .expect("fix");
+    let out = std::process::Command::new(crate::running::BIN)
+        .arg("check-config")
+        .arg(&toml)
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("[envoy]\nlisten = \"127.0.0.1:0\""), "{text}");
+    assert!(text.contains("# domain \"x\": 1 rate limits"), "{text}");
+    // On Redis, a year is longer than the store holds: named at start-up.
+    std::fs::write(
+        dir.join("bad.yaml"),
+        "domain: x\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: year\n      requests_per_unit: 1\n",
+    )
+    .expect("year");
+    let out = std::process::Command::new(crate::running::BIN)
+        .args(["serve", "--port", "0", "--config"])
+        .arg(&toml)
+        .env("TOLLGATE_STORE_URL", redis_url())
+        .env_remove("TOLLGATE_CONFIG")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("rule \"k\": a year is longer than the store holds"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_under_load_fails_no_call_and_applies_the_new_limits() {
+    let domain = unique("reload");
+    let file = |limit: u32| {
+        format!(
+            "domain: {domain}\ndescriptors:\n  - key: user\n    rate_limit:\n      unit: hour\n      requests_per_unit: {limit}\n  - key: load\n    rate_limit:\n      unit: hour\n      requests_per_unit: 1000000\n"
+        )
+    };
+    let (dir, toml) = setup("reload", &[("live.yaml", &file(3))], "url = \"memory://\"");
+    let server = serve(&toml, &[]);
+    clear_of_boundary(3600, Duration::from_secs(60)).await;
+    let mut c = connect(&server).await;
+    assert_eq!(
+        admitted(&mut c, 5, &domain, &[&[("user", "before")]]).await,
+        3
+    );
+
+    // Load: four callers, each on its own connection, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for n in 0..4 {
+        let mut c = connect(&server).await;
+        let (stop, calls, domain) = (Arc::clone(&stop), Arc::clone(&calls), domain.clone());
+        tasks.push(tokio::spawn(async move {
+            let value = format!("caller{n}");
+            while !stop.load(Ordering::Relaxed) {
+                let r = c
+                    .should_rate_limit(request(&domain, &[&[("load", &value)]], 0))
+                    .await
+                    .map_err(|e| format!("a call failed during the reload: {e}"))?
+                    .into_inner();
+                if r.overall_code != Code::Ok as i32 {
+                    return Err(format!("a call was refused during the reload: {r:?}"));
+                }
+                calls.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // An invalid file: reported, the previous limits stay.
+    let tmp = dir.join(".live.yaml.tmp");
+    std::fs::write(&tmp, "domain: [unclosed\n").expect("write");
+    std::fs::rename(&tmp, dir.join("live.yaml")).expect("swap");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        admitted(&mut c, 5, &domain, &[&[("user", "during")]]).await,
+        3
+    );
+    // The new limits, swapped in atomically.
+    std::fs::write(&tmp, file(7)).expect("write");
+    std::fs::rename(&tmp, dir.join("live.yaml")).expect("swap");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = ask(&mut c, &domain, &[&[("user", "probe")]]).await;
+        let limit = r.statuses[0]
+            .current_limit
+            .as_ref()
+            .map(|l| l.requests_per_unit);
+        if limit == Some(7) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new file was never loaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        admitted(&mut c, 9, &domain, &[&[("user", "after")]]).await,
+        7
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("task").expect("every call answered OK");
+    }
+    assert!(calls.load(Ordering::Relaxed) > 20, "the load ran");
+    let mut log = Vec::new();
+    while let Ok(line) = server.log.try_recv() {
+        log.push(line);
+    }
+    let log = log.join("\n");
+    assert!(
+        log.contains("invalid Envoy rate limit configuration") && log.contains("live.yaml"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Envoy rate limit configuration reloaded"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_redis_hold_one_limit_exactly() {
+    let domain = unique("fleet");
+    let file = format!(
+        "domain: {domain}\ndescriptors:\n  - key: api_key\n    rate_limit:\n      unit: hour\n      requests_per_unit: 40\n  - key: smooth\n    rate_limit:\n      unit: hour\n      requests_per_unit: 25\n      algorithm: sliding_window_counter\n"
+    );
+    let store = format!("url = \"{}\"\ntimeout = \"2s\"", redis_url());
+    let (_dir, toml) = setup("fleet", &[("fleet.yaml", &file)], &store);
+    let a = serve(&toml, &[]);
+    let b = serve(&toml, &[]);
+    clear_of_boundary(3600, Duration::from_secs(60)).await;
+    for (key, limit) in [("api_key", 40), ("smooth", 25)] {
+        let ok = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for n in 0..8 {
+            let mut c = connect(if n % 2 == 0 { &a } else { &b }).await;
+            let (ok, domain) = (Arc::clone(&ok), domain.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..15 {
+                    let r = c
+                        .should_rate_limit(request(&domain, &[&[(key, "shared")]], 0))
+                        .await
+                        .expect("answer")
+                        .into_inner();
+                    if r.overall_code == Code::Ok as i32 {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+        assert_eq!(
+            ok.load(Ordering::Relaxed),
+            limit,
+            "{key}: 120 calls over two nodes"
+        );
+    }
+}

@@ -12,6 +12,8 @@ pub struct Server {
     pub child: Child,
     pub base: String,
     pub log: mpsc::Receiver<String>,
+    /// The gRPC (Envoy rate limit service) address, when `[envoy]` is configured.
+    pub grpc: Option<String>,
 }
 
 impl Drop for Server {
@@ -71,10 +73,17 @@ pub fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
                         .next()
                         .unwrap_or_default()
                         .to_owned();
+                    let grpc = line
+                        .split("grpc_listen=")
+                        .nth(1)
+                        .and_then(|g| g.split_whitespace().next())
+                        .filter(|g| !g.starts_with('('))
+                        .map(|g| format!("http://{g}"));
                     return Server {
                         child,
                         base: format!("http://{addr}"),
                         log: rx,
+                        grpc,
                     };
                 }
                 seen.push(line);
