@@ -117,6 +117,21 @@ impl Unit {
         }
     }
 
+    /// The unit of a protocol `Unit` (or `RateLimitUnit`) value; `None` for
+    /// UNKNOWN and values this version does not know.
+    pub fn from_proto(value: i32) -> Option<Unit> {
+        Some(match value {
+            1 => Unit::Second,
+            2 => Unit::Minute,
+            3 => Unit::Hour,
+            4 => Unit::Day,
+            5 => Unit::Month,
+            6 => Unit::Year,
+            7 => Unit::Week,
+            _ => return None,
+        })
+    }
+
     /// The lower-case name.
     pub fn name(self) -> &'static str {
         match self {
@@ -258,6 +273,36 @@ impl RuleSet {
         let mut names: Vec<&str> = self.domains.keys().map(String::as_str).collect();
         names.sort_unstable();
         names
+    }
+
+    /// The store policy parts of every rule (`envoy/<domain>/<path>/<algorithm>`),
+    /// for a front end that counts decisions by policy and wants the labels ahead
+    /// of time.
+    pub fn store_policies(&self) -> Vec<&str> {
+        fn walk<'a>(node: &'a Node, out: &mut Vec<&'a str>) {
+            if let Some(rule) = &node.rule {
+                if matches!(rule.limit, Limit::Policy { .. }) {
+                    out.push(rule.store_policy.as_str());
+                }
+            }
+            for children in node.children.values() {
+                for n in children.exact.values() {
+                    walk(n, out);
+                }
+                for (_, n) in &children.prefixes {
+                    walk(n, out);
+                }
+                if let Some(n) = &children.any {
+                    walk(n, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for d in self.domains.values() {
+            walk(&d.root, &mut out);
+        }
+        out.sort_unstable();
+        out
     }
 
     /// Rules over all domains.
@@ -581,6 +626,59 @@ impl Compiler<'_> {
             counters,
         })
     }
+}
+
+/// The rule of a descriptor that carries its own limit (`RateLimitDescriptor.limit`,
+/// set by Envoy's `limit` action): as in envoyproxy/ratelimit, it takes the place
+/// of whatever the file says, as a fixed window, never in shadow mode. Its store
+/// key's path is the descriptor's keys under `%override`, which no file's path can
+/// spell (a file's `%` is escaped), and its metric label `override.<keys>`.
+pub fn override_rule<'a>(
+    domain: &str,
+    keys: impl Iterator<Item = &'a str>,
+    requests_per_unit: u32,
+    unit: i32,
+    options: &LoadOptions,
+    metrics: &EnvoyMetrics,
+) -> Result<Rule, String> {
+    let unit = Unit::from_proto(unit).ok_or_else(|| format!("unknown unit {unit}"))?;
+    let mut store_policy = String::from("envoy/");
+    escape(domain, &mut store_policy);
+    store_policy.push_str("/%override");
+    let mut stat = String::from("override");
+    for key in keys {
+        store_policy.push('/');
+        escape(key, &mut store_policy);
+        stat.push('.');
+        stat.push_str(key);
+    }
+    store_policy.push_str("/fixed_window");
+    let limit = if requests_per_unit == 0 {
+        Limit::Blocked { unit }
+    } else {
+        let period = Nanos::new(unit.seconds() * 1_000_000_000);
+        let policy = Policy::new(Algorithm::FixedWindow, requests_per_unit, period)
+            .map_err(|e| e.to_string())?;
+        if options
+            .max_duration
+            .is_some_and(|max| policy.period() > max)
+        {
+            return Err(format!("a {} is longer than the store holds", unit.name()));
+        }
+        Limit::Policy { policy, unit }
+    };
+    Ok(Rule {
+        domain: domain.to_owned(),
+        limit,
+        requests_per_unit,
+        name: String::new(),
+        replaces: Vec::new(),
+        shadow_mode: false,
+        detailed_metric: false,
+        counters: metrics.rule(domain, &stat),
+        store_policy,
+        stat,
+    })
 }
 
 /// Parses one file's text; `file` names it in errors. Returns the domain's name and

@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 use tollgate::{Check, Decision, MAX_STACK, Nanos, Store};
 use tonic::{Request, Response, Status};
 
-use crate::config::{Limit, Rule, RuleSet, escape_value};
+use crate::config::{Limit, LoadOptions, Rule, RuleSet, escape_value, override_rule};
 use crate::metrics::{EnvoyMetrics, RuleCounters};
 use crate::proto::rate_limit_response::{Code, DescriptorStatus, RateLimit};
 use crate::proto::rate_limit_service_server::RateLimitService;
@@ -38,6 +38,7 @@ pub struct RateLimiter<S> {
     rules: Arc<ArcSwap<RuleSet>>,
     metrics: EnvoyMetrics,
     shadow_mode: bool,
+    options: LoadOptions,
 }
 
 impl<S> Clone for RateLimiter<S> {
@@ -47,13 +48,14 @@ impl<S> Clone for RateLimiter<S> {
             rules: Arc::clone(&self.rules),
             metrics: self.metrics.clone(),
             shadow_mode: self.shadow_mode,
+            options: self.options,
         }
     }
 }
 
 /// One limit of a request bound for the store.
-struct Pending<'r> {
-    rule: &'r Arc<Rule>,
+struct Pending {
+    rule: Arc<Rule>,
     key: String,
     cost: NonZeroU32,
     /// The descriptors (indexes) this limit answers: more than one when a request
@@ -71,7 +73,15 @@ impl<S: Store + 'static> RateLimiter<S> {
             rules,
             metrics,
             shadow_mode: false,
+            options: LoadOptions::default(),
         }
+    }
+
+    /// The store's bounds, for the limits that requests carry themselves
+    /// (`RateLimitDescriptor.limit`); the files were checked against them at load.
+    pub fn options(mut self, options: LoadOptions) -> Self {
+        self.options = options;
+        self
     }
 
     /// Global shadow mode: decide and count as usual, but always answer OK overall.
@@ -99,28 +109,45 @@ impl<S: Store + 'static> RateLimiter<S> {
         let Some(domain) = set.domain(&request.domain) else {
             return Ok(response(Code::Ok, statuses));
         };
-        let mut matched: Vec<(usize, &Arc<Rule>)> = Vec::new();
+        let mut matched: Vec<(usize, Arc<Rule>)> = Vec::new();
         for (i, d) in request.descriptors.iter().enumerate() {
             if d.entries.is_empty() {
                 return Err(Status::invalid_argument(format!(
                     "descriptors[{i}] has no entries"
                 )));
             }
+            if let Some(o) = &d.limit {
+                let keys = d.entries.iter().map(|e| e.key.as_str());
+                let rule = override_rule(
+                    &request.domain,
+                    keys,
+                    o.requests_per_unit,
+                    o.unit,
+                    &self.options,
+                    &self.metrics,
+                )
+                .map_err(|e| Status::invalid_argument(format!("descriptors[{i}].limit: {e}")))?;
+                matched.push((i, Arc::new(rule)));
+                continue;
+            }
             let entries = d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
             if let Some(rule) = domain.find(entries) {
-                matched.push((i, rule));
+                matched.push((i, Arc::clone(rule)));
             }
         }
         if matched.iter().any(|(_, r)| !r.replaces.is_empty()) {
-            let replaced: Vec<&str> = matched
+            let replaced: Vec<Arc<Rule>> = matched
                 .iter()
-                .flat_map(|(_, r)| r.replaces.iter().map(String::as_str))
+                .filter(|(_, r)| !r.replaces.is_empty())
+                .map(|(_, r)| Arc::clone(r))
                 .collect();
-            matched.retain(|(_, r)| r.name.is_empty() || !replaced.contains(&r.name.as_str()));
+            matched.retain(|(_, r)| {
+                r.name.is_empty() || !replaced.iter().any(|by| by.replaces.contains(&r.name))
+            });
         }
 
-        let mut enforced: Vec<Pending<'_>> = Vec::new();
-        let mut shadowed: Vec<Pending<'_>> = Vec::new();
+        let mut enforced: Vec<Pending> = Vec::new();
+        let mut shadowed: Vec<Pending> = Vec::new();
         let mut over = false;
         for (i, rule) in matched {
             let d = &request.descriptors[i];
@@ -166,7 +193,7 @@ impl<S: Store + 'static> RateLimiter<S> {
                     c.total_hits.inc_by(hits);
                     c.over_limit.inc_by(hits);
                     let status = &mut statuses[i];
-                    status.current_limit = Some(current_limit(rule));
+                    status.current_limit = Some(current_limit(&rule));
                     status.duration_until_reset =
                         Some(proto_duration(until_window_end(unit.seconds())));
                     if rule.shadow_mode {
@@ -236,7 +263,7 @@ impl<S: Store + 'static> RateLimiter<S> {
     /// Decides one stack; returns true when an enforced limit was over.
     async fn stack(
         &self,
-        list: &[Pending<'_>],
+        list: &[Pending],
         shadow: bool,
         statuses: &mut [DescriptorStatus],
     ) -> Result<bool, Status> {
@@ -260,11 +287,15 @@ impl<S: Store + 'static> RateLimiter<S> {
         let consumed = verdict.allowed();
         let mut over = false;
         for (p, d) in list.iter().zip(verdict.decisions.iter()) {
+            let detailed;
             let counters = match &p.detail {
-                Some(stat) => self.metrics.rule(&p.rule.domain, stat),
-                None => p.rule.counters.clone(),
+                Some(stat) => {
+                    detailed = self.metrics.rule(&p.rule.domain, stat);
+                    &detailed
+                }
+                None => &p.rule.counters,
             };
-            count(&counters, d, p.cost.get(), consumed);
+            count(counters, d, p.cost.get(), consumed);
             let is_over = !d.allowed;
             if is_over && (shadow || self.shadow_mode) {
                 counters.shadow_mode.inc_by(u64::from(p.cost.get()));
@@ -282,7 +313,7 @@ impl<S: Store + 'static> RateLimiter<S> {
                 } else {
                     Code::Ok as i32
                 };
-                status.current_limit = Some(current_limit(p.rule));
+                status.current_limit = Some(current_limit(&p.rule));
                 status.limit_remaining = u32::try_from(d.remaining).unwrap_or(u32::MAX);
                 status.duration_until_reset = Some(proto_duration(reset));
             }

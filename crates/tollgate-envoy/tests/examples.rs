@@ -500,3 +500,54 @@ async fn malformed_requests_are_invalid_arguments() {
         .expect_err("too long for a key");
     assert!(e.message().contains("bytes long"), "{e:?}");
 }
+
+#[tokio::test]
+async fn a_limit_carried_by_the_descriptor_takes_the_place_of_the_file() {
+    use tollgate_envoy::proto::rate_limit_descriptor::RateLimitOverride;
+    let f = fixture(false);
+    let with_limit = |domain: &str, unit: i32| {
+        let mut req = request(domain, &[&[("database", "users")]], 0);
+        req.descriptors[0].limit = Some(RateLimitOverride {
+            requests_per_unit: 2,
+            unit,
+        });
+        req
+    };
+    for i in 0..3 {
+        let r = f
+            .limiter
+            .decide(&with_limit("db_ops", 2))
+            .await
+            .expect("decided");
+        let want = if i < 2 { Code::Ok } else { Code::OverLimit };
+        assert_eq!(code(&r, 0), want, "call {i}");
+        let limit = r.statuses[0].current_limit.as_ref().expect("limit");
+        assert_eq!(
+            (limit.requests_per_unit, limit.unit),
+            (2, 2),
+            "2 per MINUTE"
+        );
+    }
+    // The file's 500 per second for the same descriptor is counted apart.
+    assert_eq!(
+        f.admitted(3, "db_ops", &[&[("database", "users")]]).await,
+        3
+    );
+    // A descriptor with its own limit counts even where the file has no rule for it.
+    let mut req = request("db_ops", &[&[("anything", "else")]], 0);
+    req.descriptors[0].limit = Some(RateLimitOverride {
+        requests_per_unit: 1,
+        unit: 3,
+    });
+    let r = f.limiter.decide(&req).await.expect("decided");
+    assert_eq!(code(&r, 0), Code::Ok);
+    let r = f.limiter.decide(&req).await.expect("decided");
+    assert_eq!(code(&r, 0), Code::OverLimit);
+    let e = f
+        .limiter
+        .decide(&with_limit("db_ops", 0))
+        .await
+        .expect_err("UNKNOWN unit");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("descriptors[0].limit"), "{e:?}");
+}

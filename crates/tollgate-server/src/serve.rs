@@ -193,6 +193,7 @@ struct EnvoyRules {
     rules: Arc<ArcSwap<RuleSet>>,
     metrics: EnvoyMetrics,
     shadow_mode: bool,
+    options: tollgate_envoy::LoadOptions,
 }
 
 fn envoy_rules(
@@ -212,6 +213,9 @@ fn envoy_rules(
         "Envoy rate limit configuration loaded"
     );
     metrics.register(backend.metrics.registry_mut());
+    // The store counts decisions by policy part: make the rules' counters now, so a
+    // call does not allocate its labels.
+    backend.metrics.prepare(set.store_policies());
     let rules = Arc::new(ArcSwap::from_pointee(set));
     tollgate_envoy::reload::watch(
         envoy.config_dir.clone(),
@@ -226,6 +230,7 @@ fn envoy_rules(
         rules,
         metrics,
         shadow_mode: envoy.shadow_mode,
+        options,
     })
 }
 
@@ -239,7 +244,8 @@ async fn serve_grpc(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let limiter = RateLimiter::new(Arc::clone(&state.backend), envoy.rules, envoy.metrics)
-        .shadow_mode(envoy.shadow_mode);
+        .shadow_mode(envoy.shadow_mode)
+        .options(envoy.options);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<RateLimitServiceServer<RateLimiter<Backend>>>()

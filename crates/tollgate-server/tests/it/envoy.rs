@@ -609,3 +609,102 @@ async fn two_nodes_on_redis_hold_one_limit_exactly() {
         );
     }
 }
+
+/// A private redis-server on a free port; dropping it stops it.
+struct PrivateRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        let redis = PrivateRedis { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    fn cli(&self, args: &[&str]) {
+        let status = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("redis-cli on PATH");
+        assert!(status.success(), "redis-cli {args:?}");
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_every_grpc_call_in_flight() {
+    let redis = PrivateRedis::start();
+    let domain = unique("term");
+    let file = format!(
+        "domain: {domain}\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: day\n      requests_per_unit: 100\n"
+    );
+    let store = format!(
+        "url = \"redis://127.0.0.1:{}\"\ntimeout = \"5s\"",
+        redis.port
+    );
+    let (_dir, toml) = setup("term", &[("t.yaml", &file)], &store);
+    let mut server = serve(&toml, &[]);
+    let mut c = connect(&server).await;
+    assert_eq!(admitted(&mut c, 1, &domain, &[&[("k", "warm")]]).await, 1);
+    // Redis holds every command for a while: the calls below wait in the server.
+    redis.cli(&["CLIENT", "PAUSE", "1000", "ALL"]);
+    let mut tasks = Vec::new();
+    for n in 0..8 {
+        let mut c = connect(&server).await;
+        let domain = domain.clone();
+        tasks.push(tokio::spawn(async move {
+            let value = format!("v{n}");
+            c.should_rate_limit(request(&domain, &[&[("k", &value)]], 0))
+                .await
+                .map(|r| r.into_inner().overall_code)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = server.child.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM");
+    assert!(killed.success());
+    for t in tasks {
+        let answer = t.await.expect("task");
+        assert_eq!(
+            answer.map_err(|e| e.to_string()),
+            Ok(Code::Ok as i32),
+            "an answer, not a dropped call"
+        );
+    }
+    let status = server.child.wait().expect("exit");
+    assert_eq!(status.code(), Some(0));
+    let url = server.grpc.clone().expect("grpc");
+    assert!(
+        RateLimitServiceClient::connect(url).await.is_err(),
+        "no new connections once stopped"
+    );
+}
