@@ -65,6 +65,9 @@ impl IntoResponse for Problem {
     }
 }
 
+/// The start of an inline policy's name (`inline-gcra-10-1s-10`).
+pub const INLINE_PREFIX: &str = "inline-";
+
 /// One requested check, resolved: the store key, the policy and its name, the cost.
 struct Wanted {
     name: String,
@@ -203,7 +206,7 @@ fn resolve(state: &AppState, map: &Map<String, Value>, at: &str) -> Result<Wante
                     .map_err(|e| Problem::bad(format!("{at}burst"), e.to_string()))?;
             }
             let name = format!(
-                "inline-{}-{}-{}-{}",
+                "{INLINE_PREFIX}{}-{}-{}-{}",
                 algorithm.name(),
                 policy.limit(),
                 format_duration(policy.period().as_u64()),

@@ -31,9 +31,9 @@ impl AppState {
     /// State for `config` over `backend`.
     pub fn new(config: Config, backend: Backend) -> AppState {
         AppState {
+            local: local_store(&config),
             config,
             backend: Arc::new(backend),
-            local: MemoryStore::new(),
         }
     }
 
@@ -51,6 +51,15 @@ impl AppState {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// A local limiter for `on_error = "local"`, capped like the memory store: it
+/// holds the keys seen while the shared store is down, and a key flood during an
+/// outage must not grow it past `max_keys`.
+fn local_store(config: &Config) -> MemoryStore {
+    MemoryStore::builder()
+        .max_keys(config.store.max_keys)
+        .build()
 }
 
 fn key_for(source: &KeySource, proxies: &ClientIp) -> Key {
@@ -93,7 +102,7 @@ pub fn app(state: Arc<AppState>) -> Result<Router, BuildError> {
         let on_error = match config.store.on_error {
             OnErrorMode::Deny => OnError::deny(),
             OnErrorMode::Allow => OnError::allow(),
-            OnErrorMode::Local => OnError::local(MemoryStore::new()).nodes(config.store.nodes),
+            OnErrorMode::Local => OnError::local(local_store(config)).nodes(config.store.nodes),
         };
         let mut builder = RateLimitLayer::builder_shared(state.backend.clone())
             .on_error(on_error)

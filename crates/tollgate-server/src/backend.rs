@@ -90,7 +90,7 @@ impl Backend {
                     tracing::info!("the rate limit store answers again; the fallback is off");
                 }
                 let key = checks.get(v.index).map_or("", |c| c.key);
-                let policy = key.split_once(':').map_or(key, |(p, _)| p);
+                let policy = metrics_label(key.split_once(':').map_or(key, |(p, _)| p));
                 if consume {
                     self.metrics.decision(policy, v.allowed());
                 }
@@ -103,6 +103,18 @@ impl Backend {
             }
         }
         result
+    }
+}
+
+/// The metrics label of a policy name. Inline policies of the decision API are
+/// named after their numbers (`inline-gcra-10-1s-10`), which any client picks: one
+/// label each would let a flood of distinct inline policies grow the metrics (and
+/// the process) without bound, so they share the label `inline`.
+fn metrics_label(policy: &str) -> &str {
+    if policy.starts_with(crate::api::INLINE_PREFIX) {
+        "inline"
+    } else {
+        policy
     }
 }
 

@@ -1,0 +1,390 @@
+//! What the flood and chaos tests share: a lean keep-alive HTTP/1.1 client (so the
+//! load generator costs the 2-core machine little), a RESP client for Redis admin
+//! commands, private `redis-server` processes, resident memory read from `/proc`,
+//! and a seeded generator.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// SplitMix64: seeded, so a failing run can be repeated.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// An environment variable read as a number, or `default`.
+pub fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A configuration file in a fresh temporary directory.
+pub fn write_config(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tollgate-{name}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("tollgate.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// `VmRSS` and `VmHWM` (the peak) of a process, in KiB.
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .expect("a VmRSS/VmHWM line")
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// One keep-alive HTTP/1.1 connection, written by hand: a request is a few bytes
+/// out and the answer's status and body back.
+pub struct HttpConn {
+    stream: BufReader<TcpStream>,
+    host: String,
+}
+
+/// An answer: status and body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl HttpConn {
+    /// Connects to `base` (`http://host:port`).
+    pub async fn connect(base: &str) -> std::io::Result<HttpConn> {
+        let host = base.trim_start_matches("http://").to_owned();
+        let stream = TcpStream::connect(&host).await?;
+        stream.set_nodelay(true)?;
+        Ok(HttpConn {
+            stream: BufReader::with_capacity(16 * 1024, stream),
+            host,
+        })
+    }
+
+    /// Sends one request and reads its answer.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Answer> {
+        let mut out = Vec::with_capacity(256 + body.len());
+        out.extend_from_slice(
+            format!("{method} {path} HTTP/1.1\r\nhost: {}\r\n", self.host).as_bytes(),
+        );
+        for (k, v) in headers {
+            out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+        }
+        if !body.is_empty() || method == "POST" {
+            out.extend_from_slice(
+                format!(
+                    "content-type: application/json\r\ncontent-length: {}\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body);
+        self.stream.get_mut().write_all(&out).await?;
+
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+        let mut line = String::new();
+        if self.stream.read_line(&mut line).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            ));
+        }
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad(&format!("status line {line:?}")))?;
+        let mut length = 0usize;
+        let mut chunked = false;
+        loop {
+            line.clear();
+            if self.stream.read_line(&mut line).await? == 0 {
+                return Err(bad("the headers ended early"));
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().map_err(|_| bad("content-length"))?;
+                } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = v.trim().eq_ignore_ascii_case("chunked");
+                }
+            }
+        }
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                line.clear();
+                self.stream.read_line(&mut line).await?;
+                let size = usize::from_str_radix(line.trim(), 16).map_err(|_| bad("chunk size"))?;
+                let mut chunk = vec![0; size + 2];
+                self.stream.read_exact(&mut chunk).await?;
+                if size == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..size]);
+            }
+        } else {
+            body.resize(length, 0);
+            self.stream.read_exact(&mut body).await?;
+        }
+        Ok(Answer { status, body })
+    }
+}
+
+/// A RESP value, as much of it as the tests read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<Resp>),
+}
+
+impl Resp {
+    pub fn int(&self) -> i64 {
+        match self {
+            Resp::Int(n) => *n,
+            other => panic!("expected an integer, got {other:?}"),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        match self {
+            Resp::Simple(s) | Resp::Error(s) => s.clone(),
+            Resp::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+/// A plain Redis connection for admin commands (the tests never decide through it).
+pub struct RedisConn {
+    stream: BufReader<TcpStream>,
+}
+
+impl RedisConn {
+    pub async fn connect(port: u16) -> std::io::Result<RedisConn> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        Ok(RedisConn {
+            stream: BufReader::new(stream),
+        })
+    }
+
+    /// Sends several commands at once, then reads their answers.
+    pub async fn pipeline(&mut self, commands: &[Vec<String>]) -> std::io::Result<Vec<Resp>> {
+        let mut out = Vec::new();
+        for args in commands {
+            out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+            for a in args {
+                out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+                out.extend_from_slice(a.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        self.stream.get_mut().write_all(&out).await?;
+        let mut answers = Vec::with_capacity(commands.len());
+        for _ in commands {
+            answers.push(self.read().await?);
+        }
+        Ok(answers)
+    }
+
+    pub async fn cmd(&mut self, args: &[&str]) -> std::io::Result<Resp> {
+        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        let mut answers = self.pipeline(&[args]).await?;
+        Ok(answers.remove(0))
+    }
+
+    fn read(
+        &mut self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Resp>> + Send + '_>>
+    {
+        Box::pin(async move {
+            let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+            let mut line = String::new();
+            if self.stream.read_line(&mut line).await? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "redis closed the connection",
+                ));
+            }
+            let l = line.trim_end_matches("\r\n");
+            let (kind, rest) = l.split_at(1);
+            let num = || rest.parse::<i64>().map_err(|_| bad(format!("RESP {l:?}")));
+            Ok(match kind {
+                "+" => Resp::Simple(rest.to_owned()),
+                "-" => Resp::Error(rest.to_owned()),
+                ":" => Resp::Int(num()?),
+                "$" => {
+                    let n = num()?;
+                    if n < 0 {
+                        Resp::Bulk(None)
+                    } else {
+                        let mut b = vec![0; n as usize + 2];
+                        self.stream.read_exact(&mut b).await?;
+                        b.truncate(n as usize);
+                        Resp::Bulk(Some(b))
+                    }
+                }
+                "*" => {
+                    let n = num()?;
+                    let mut items = Vec::new();
+                    for _ in 0..n.max(0) {
+                        items.push(self.read().await?);
+                    }
+                    Resp::Array(items)
+                }
+                _ => return Err(bad(format!("RESP {l:?}"))),
+            })
+        })
+    }
+
+    /// Every key matching `pattern`, by SCAN.
+    pub async fn scan(&mut self, pattern: &str) -> std::io::Result<Vec<String>> {
+        let mut cursor = "0".to_owned();
+        let mut keys = Vec::new();
+        loop {
+            let r = self
+                .cmd(&["SCAN", &cursor, "MATCH", pattern, "COUNT", "1000"])
+                .await?;
+            let Resp::Array(parts) = r else {
+                panic!("SCAN answered {r:?}");
+            };
+            cursor = parts[0].text();
+            if let Resp::Array(found) = &parts[1] {
+                keys.extend(found.iter().map(Resp::text));
+            }
+            if cursor == "0" {
+                return Ok(keys);
+            }
+        }
+    }
+}
+
+fn redis_command(port: u16, extra: &[&str]) -> Command {
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--enable-debug-command",
+        "yes",
+    ])
+    .args(extra)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    cmd
+}
+
+/// A private redis-server (never the shared one on 6379); dropping it stops it.
+pub struct PrivateRedis {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl PrivateRedis {
+    pub fn start() -> PrivateRedis {
+        let mut r = PrivateRedis {
+            child: None,
+            port: free_port(),
+        };
+        r.restart();
+        r
+    }
+
+    /// Starts it (again) on its port, empty, and waits until it accepts.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let child = redis_command(self.port, &[])
+                .spawn()
+                .expect("redis-server on PATH");
+            self.child = Some(child);
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(2) {
+                if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    return;
+                }
+                if let Some(c) = self.child.as_mut() {
+                    if c.try_wait().ok().flatten().is_some() {
+                        break; // the port was not free yet
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            self.kill();
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
