@@ -1,7 +1,7 @@
 //! What the flood and chaos tests share: a lean keep-alive HTTP/1.1 client (so the
 //! load generator costs the 2-core machine little), a RESP client for Redis admin
-//! commands, private `redis-server` processes, resident memory read from `/proc`,
-//! and a seeded generator.
+//! commands, private `redis-server` processes and a replicated cluster, resident
+//! memory read from `/proc`, and a seeded generator.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -79,6 +79,12 @@ pub struct HttpConn {
 pub struct Answer {
     pub status: u16,
     pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
 }
 
 impl HttpConn {
@@ -306,6 +312,15 @@ impl RedisConn {
     }
 }
 
+/// Waits until a TCP port accepts connections.
+pub fn wait_for_port(port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn redis_command(port: u16, extra: &[&str]) -> Command {
     let mut cmd = Command::new("redis-server");
     cmd.args([
@@ -387,4 +402,219 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Three masters with one replica each, on free loopback ports; dropping it stops
+/// every node and removes their files.
+pub struct ReplicatedCluster {
+    pub nodes: Vec<(u16, Option<Child>)>,
+    dir: PathBuf,
+}
+
+impl Drop for ReplicatedCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A port whose cluster bus port (+10000) is free too.
+fn cluster_port(taken: &[u16]) -> u16 {
+    for _ in 0..200 {
+        let port = free_port();
+        if port > 55_000 || taken.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port pair for a cluster node");
+}
+
+fn cluster_node(dir: &std::path::Path, port: u16) -> Child {
+    let node_dir = dir.join(port.to_string());
+    std::fs::create_dir_all(&node_dir).expect("node dir");
+    redis_command(
+        port,
+        &[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-node-timeout",
+            "1000",
+            // A replica that never finished its first sync cannot take over; the
+            // default waits 5 s before a diskless sync.
+            "--repl-diskless-sync-delay",
+            "0",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--dir",
+            node_dir.to_str().expect("utf-8 dir"),
+        ],
+    )
+    .spawn()
+    .expect("redis-server on PATH")
+}
+
+impl ReplicatedCluster {
+    /// Starts the node on `port` again (it rejoins from its nodes.conf, as a replica
+    /// of whoever took its slots) and waits until every node says the cluster is ok
+    /// and knows three replicas again.
+    pub fn restart(&mut self, port: u16) {
+        let slot = self.nodes.iter_mut().find(|(p, _)| *p == port);
+        let Some((_, slot)) = slot else {
+            panic!("no node on port {port}");
+        };
+        *slot = Some(cluster_node(&self.dir, port));
+        wait_for_port(port, Duration::from_secs(10));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let ports = self.alive();
+        while !ports.iter().all(|&p| cluster_ok(p) && replicas_known(p)) {
+            assert!(
+                Instant::now() < deadline,
+                "node {port} did not rejoin: {}",
+                cli(ports[0], &["CLUSTER", "NODES"])
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts six nodes and joins them: three masters, three replicas, a 1 s node
+    /// timeout so a replica takes over soon after its master dies.
+    pub fn start() -> ReplicatedCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "tollgate-chaos-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        let mut cluster = ReplicatedCluster {
+            nodes: Vec::new(),
+            dir: dir.clone(),
+        };
+        let mut ports = Vec::new();
+        for _ in 0..6 {
+            let port = cluster_port(&ports);
+            ports.push(port);
+            let child = cluster_node(&dir, port);
+            cluster.nodes.push((port, Some(child)));
+        }
+        for &p in &ports {
+            wait_for_port(p, Duration::from_secs(10));
+        }
+        let mut create = Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for p in &ports {
+            create.arg(format!("127.0.0.1:{p}"));
+        }
+        let out = create
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli on PATH");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ports.iter().all(|&p| cluster_ok(p) && replicas_known(p)) {
+            assert!(Instant::now() < deadline, "the cluster did not become ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    /// `redis+cluster://` URL of the cluster.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(p, _)| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// `kill -9` the node on `port`.
+    pub fn kill(&mut self, port: u16) {
+        for (p, child) in &mut self.nodes {
+            if *p == port {
+                if let Some(mut c) = child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+    }
+
+    /// The ports of the nodes still running.
+    pub fn alive(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|(_, c)| c.is_some())
+            .map(|(p, _)| *p)
+            .collect()
+    }
+}
+
+/// `redis-cli -p port args...`, its output.
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("redis-cli on PATH");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cluster_ok(port: u16) -> bool {
+    cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+}
+
+/// Three replicas known and not failing, as the node on `port` sees it, and the
+/// node itself in sync if it is a replica.
+fn replicas_known(port: u16) -> bool {
+    let known = cli(port, &["CLUSTER", "NODES"])
+        .lines()
+        .filter(|l| l.contains("slave") && !l.contains("fail"))
+        .count()
+        == 3;
+    let info = cli(port, &["INFO", "replication"]);
+    known && (info.contains("role:master") || info.contains("master_link_status:up"))
+}
+
+/// The port of the master serving `slot`, as the node on `ask` sees it.
+pub fn master_of_slot(ask: u16, slot: u16) -> Option<u16> {
+    for line in cli(ask, &["CLUSTER", "NODES"]).lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+            continue;
+        }
+        let serves = f[8..].iter().any(|range| {
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            match (a.parse::<u16>(), b.parse::<u16>()) {
+                (Ok(a), Ok(b)) => a <= slot && slot <= b,
+                _ => false,
+            }
+        });
+        if serves {
+            return f[1]
+                .split('@')
+                .next()
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse().ok());
+        }
+    }
+    None
+}
+
+/// True when every live node says the cluster is ok.
+pub fn cluster_healthy(ports: &[u16]) -> bool {
+    ports.iter().all(|&p| cluster_ok(p))
 }
