@@ -7,8 +7,11 @@
 //! ```
 //!
 //! Each round drives gRPC then HTTP for `BENCH_SECS` seconds with `BENCH_IN_FLIGHT`
-//! calls in flight: gRPC over `BENCH_CONNECTIONS` HTTP/2 connections (tonic), HTTP
-//! over a keep-alive pool (hyper-util). Both decide the same thing: one fixed-window
+//! calls in flight: gRPC over `BENCH_CONNECTIONS` HTTP/2 connections (the generated
+//! tonic client over hyper-util's HTTP/2 client; `BENCH_GRPC_CLIENT=channel` for
+//! tonic's `Channel`, whose buffer task costs the load generator more), HTTP over a
+//! keep-alive pool (hyper-util). Load generator and server share the machine, so
+//! the server's CPU time per call is printed too: it does not depend on the client. Both decide the same thing: one fixed-window
 //! check under a limit no call reaches, on one of 1,000 keys. The figure is the ratio
 //! of the medians over the rounds, from one run on one machine (these machines are
 //! shared and noisy: compare within a run, never across runs). A call that fails
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tollgate_envoy::proto::rate_limit_descriptor::Entry;
 use tollgate_envoy::proto::rate_limit_service_client::RateLimitServiceClient;
@@ -128,16 +132,6 @@ fn start(store: &str, tag: &str) -> Server {
 }
 
 async fn drive_grpc(url: &str, in_flight: usize, connections: usize, secs: u64) -> (f64, u64) {
-    let mut channels = Vec::new();
-    for _ in 0..connections {
-        let channel: Channel = Endpoint::from_shared(url.to_owned())
-            .expect("url")
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .expect("connect");
-        channels.push(channel);
-    }
     let requests: Arc<Vec<RateLimitRequest>> = Arc::new(
         (0..KEYS)
             .map(|k| RateLimitRequest {
@@ -153,8 +147,46 @@ async fn drive_grpc(url: &str, in_flight: usize, connections: usize, secs: u64) 
             })
             .collect(),
     );
+    if std::env::var("BENCH_GRPC_CLIENT").as_deref() == Ok("channel") {
+        // tonic's own Channel (a buffer task in front of each connection).
+        let mut channels = Vec::new();
+        for _ in 0..connections {
+            let channel: Channel = Endpoint::from_shared(url.to_owned())
+                .expect("url")
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .expect("connect");
+            channels.push(channel);
+        }
+        return run(in_flight, secs, move |task, n| {
+            let mut client = RateLimitServiceClient::new(channels[task % channels.len()].clone());
+            let request = requests[(task * 7919 + n) % KEYS].clone();
+            async move {
+                let r = client.should_rate_limit(request).await.expect("gRPC call");
+                assert_eq!(r.get_ref().overall_code, 1, "OK");
+            }
+        })
+        .await;
+    }
+    // The generated client over hyper's HTTP/2 client: one connection per client,
+    // multiplexed, no buffer task, as a proxy's rate limit client would be.
+    let origin: hyper::Uri = url.parse().expect("uri");
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client: Client<HttpConnector, tonic::body::Body> =
+            Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(connector);
+        clients.push(client);
+    }
     run(in_flight, secs, move |task, n| {
-        let mut client = RateLimitServiceClient::new(channels[task % channels.len()].clone());
+        let mut client = RateLimitServiceClient::with_origin(
+            clients[task % clients.len()].clone(),
+            origin.clone(),
+        );
         let request = requests[(task * 7919 + n) % KEYS].clone();
         async move {
             let r = client.should_rate_limit(request).await.expect("gRPC call");
