@@ -237,9 +237,9 @@ fn envoy_rules(
 /// health service until `shutdown`, then lets the calls in flight finish.
 ///
 /// The services are tonic's generated ones, served over HTTP/2 by hyper directly
-/// with a two-way path match ([`GrpcRoutes`]), not by tonic's `Server`: its router
-/// and layers (an axum `Router`, connect-info and tracing per request) cost about a
-/// fifth of the server's time per call, and this listener needs none of them.
+/// with a two-way path match ([`GrpcRoutes`]), not by tonic's `Server`, whose router
+/// and per-request layers (an axum `Router`, connect-info, tracing) this listener
+/// does not need; and so its connections shut down as the HTTP listener's do.
 async fn serve_grpc(
     listener: TcpListener,
     state: Arc<AppState>,
