@@ -205,13 +205,14 @@ async fn mixed_load_keeps_memory_and_descriptors_flat_with_no_errors() {
         let after_warm_up: Vec<&Sample> = series.iter().filter(|s| s.at >= warm_up).collect();
         let first = after_warm_up.first().expect("samples after warm-up");
         let last = after_warm_up.last().expect("samples after warm-up");
+        let middle = after_warm_up[after_warm_up.len() / 2];
         let peak = after_warm_up.iter().map(|s| s.rss_kb).max().unwrap_or(0);
         let max_fds = after_warm_up.iter().map(|s| s.fds).max().unwrap_or(0);
         println!(
             "soak {name}: {seconds} s, {requests} requests ({allowed} allowed, {denied} denied, \
-             {errors} errors); RSS after warm-up {} kB, at the end {} kB, peak {peak} kB; \
-             fds after warm-up {}, at the end {}, most {max_fds}",
-            first.rss_kb, last.rss_kb, first.fds, last.fds
+             {errors} errors); RSS after warm-up {} kB, half-way {} kB, at the end {} kB, \
+             peak {peak} kB; fds after warm-up {}, at the end {}, most {max_fds}",
+            first.rss_kb, middle.rss_kb, last.rss_kb, first.fds, last.fds
         );
         assert!(
             matches!(server.child.try_wait(), Ok(None)),
