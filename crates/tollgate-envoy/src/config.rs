@@ -48,12 +48,15 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// What the loader must know about the store the rules will run on.
-#[derive(Clone, Copy, Debug, Default)]
+/// What the loader must know about the server the rules will run in.
+#[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     /// The longest period (and burst tolerance) the store can hold; `None` for no
     /// bound beyond tollgate's own (the Redis store holds 2^52 ns, about 52 days).
     pub max_duration: Option<Nanos>,
+    /// The server's named policies, which a rule may use by name (`policy: NAME`)
+    /// to share their counters with the HTTP API.
+    pub policies: Vec<(String, Policy)>,
 }
 
 /// A time unit of envoyproxy/ratelimit, with the lengths it gives them (a month is
@@ -132,6 +135,21 @@ impl Unit {
         })
     }
 
+    /// The unit exactly `period` long, if any.
+    pub fn of_period(period: Nanos) -> Option<Unit> {
+        [
+            Unit::Second,
+            Unit::Minute,
+            Unit::Hour,
+            Unit::Day,
+            Unit::Week,
+            Unit::Month,
+            Unit::Year,
+        ]
+        .into_iter()
+        .find(|u| u.seconds() * 1_000_000_000 == period.as_u64())
+    }
+
     /// The lower-case name.
     pub fn name(self) -> &'static str {
         match self {
@@ -159,10 +177,10 @@ pub enum Limit {
     /// A tollgate policy.
     Policy {
         /// The policy (fixed_window of `requests_per_unit` per unit unless the file
-        /// asks for another algorithm).
+        /// asks for another algorithm, or the server's policy the rule names).
         policy: Policy,
-        /// Its unit.
-        unit: Unit,
+        /// Its unit; `None` for a named policy whose period is no unit.
+        unit: Option<Unit>,
     },
 }
 
@@ -185,7 +203,8 @@ pub struct Rule {
     pub detailed_metric: bool,
     /// The policy part of the store key: `envoy/<domain>/<path>/<algorithm>`,
     /// escaped so it holds no `:` and no HTTP policy name can spell it (those hold
-    /// no `/`).
+    /// no `/`); or, for a rule naming one of the server's policies (`policy: NAME`),
+    /// that name, so the rule shares the HTTP API's counters (`NAME:<key>`).
     pub store_policy: String,
     /// The rule's metric label (`key_value.key`), as envoyproxy/ratelimit names its
     /// statistics.
@@ -370,6 +389,7 @@ struct RateLimitYaml {
     replaces: Vec<ReplacesYaml>,
     algorithm: Option<String>,
     burst: Option<u32>,
+    policy: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -535,7 +555,45 @@ impl Compiler<'_> {
                 )
             })?,
         };
-        let limit = if y.unlimited {
+        let shared = match &y.policy {
+            None => None,
+            Some(name) => {
+                if y.unlimited
+                    || !y.unit.is_empty()
+                    || y.requests_per_unit != 0
+                    || y.algorithm.is_some()
+                    || y.burst.is_some()
+                {
+                    return Err(self.error(
+                        &at("policy"),
+                        "a rate limit naming a policy takes its algorithm, limit, period and burst from it: give no unit, requests_per_unit, unlimited, algorithm or burst",
+                    ));
+                }
+                let found = self.options.policies.iter().find(|(n, _)| n == name);
+                let Some((_, policy)) = found else {
+                    let known: Vec<&str> = self
+                        .options
+                        .policies
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect();
+                    return Err(self.error(
+                        &at("policy"),
+                        format!(
+                            "no policy is named {name:?} in the server's configuration; defined: {}",
+                            known.join(", ")
+                        ),
+                    ));
+                };
+                Some((name.clone(), *policy))
+            }
+        };
+        let limit = if let Some((_, policy)) = &shared {
+            Limit::Policy {
+                policy: *policy,
+                unit: Unit::of_period(policy.period()),
+            }
+        } else if y.unlimited {
             if !y.unit.is_empty() || y.requests_per_unit != 0 || y.algorithm.is_some() {
                 return Err(self.error(
                     &at("unlimited"),
@@ -593,12 +651,15 @@ impl Compiler<'_> {
                         ));
                     }
                 }
-                Limit::Policy { policy, unit }
+                Limit::Policy {
+                    policy,
+                    unit: Some(unit),
+                }
             }
         };
         let mut store_policy = String::from("envoy/");
         escape(self.domain, &mut store_policy);
-        for (key, value) in path {
+        for (key, value) in path.iter().filter(|_| shared.is_none()) {
             store_policy.push('/');
             escape(key, &mut store_policy);
             if let Some(prefix) = value.strip_suffix('*') {
@@ -612,11 +673,17 @@ impl Compiler<'_> {
         }
         store_policy.push('/');
         store_policy.push_str(algorithm.name());
+        let mut requests_per_unit = y.requests_per_unit;
+        if let Some((name, policy)) = shared {
+            // The HTTP API's key for this policy: `<name>:<key>`.
+            store_policy = name;
+            requests_per_unit = policy.limit();
+        }
         let counters = self.metrics.rule(self.domain, &stat);
         Ok(Rule {
             domain: self.domain.to_owned(),
             limit,
-            requests_per_unit: y.requests_per_unit,
+            requests_per_unit,
             name: y.name.clone(),
             replaces: y.replaces.iter().map(|r| r.name.clone()).collect(),
             shadow_mode: d.shadow_mode,
@@ -665,7 +732,10 @@ pub fn override_rule<'a>(
         {
             return Err(format!("a {} is longer than the store holds", unit.name()));
         }
-        Limit::Policy { policy, unit }
+        Limit::Policy {
+            policy,
+            unit: Some(unit),
+        }
     };
     Ok(Rule {
         domain: domain.to_owned(),
@@ -840,7 +910,7 @@ mod tests {
         let Limit::Policy { policy, unit } = &r.limit else {
             panic!("a policy")
         };
-        assert_eq!(*unit, Unit::Minute);
+        assert_eq!(*unit, Some(Unit::Minute));
         assert_eq!(policy.algorithm(), Algorithm::FixedWindow);
         assert_eq!(
             (policy.limit(), policy.period().as_u64()),
@@ -974,6 +1044,7 @@ mod tests {
         let text = "domain: d\ndescriptors:\n  - key: k\n    value: v\n    rate_limit:\n      unit: year\n      requests_per_unit: 1\n";
         let options = LoadOptions {
             max_duration: Some(Nanos::new(1 << 52)),
+            policies: Vec::new(),
         };
         let e = parse("y.yaml", text, &options, &EnvoyMetrics::new()).expect_err("too long");
         assert_eq!(e.field, "descriptors[0].rate_limit.unit");
@@ -991,6 +1062,47 @@ mod tests {
         let burst = "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: month\n      requests_per_unit: 1\n      algorithm: gcra\n      burst: 2\n";
         let e = parse("b.yaml", burst, &options, &EnvoyMetrics::new()).expect_err("tolerance");
         assert_eq!(e.field, "descriptors[0].rate_limit.burst");
+    }
+
+    #[test]
+    fn a_rule_may_use_a_server_policy_and_its_counters() {
+        let api = Policy::new(Algorithm::Gcra, 5, Nanos::new(3_600_000_000_000)).expect("policy");
+        let odd =
+            Policy::new(Algorithm::FixedWindow, 9, Nanos::new(90_000_000_000)).expect("policy");
+        let options = LoadOptions {
+            max_duration: None,
+            policies: vec![("api".to_owned(), api), ("odd".to_owned(), odd)],
+        };
+        let text = "domain: d\ndescriptors:\n  - key: api_key\n    rate_limit:\n      policy: api\n  - key: o\n    rate_limit:\n      policy: odd\n";
+        let (_, d) = parse("p.yaml", text, &options, &EnvoyMetrics::new()).expect("valid");
+        let r = rule(&d, &[("api_key", "alice")]).expect("matches");
+        assert_eq!(r.store_policy, "api", "the HTTP API's key is api:<key>");
+        assert_eq!(r.requests_per_unit, 5);
+        assert!(
+            matches!(r.limit, Limit::Policy { policy, unit: Some(Unit::Hour) } if policy == api)
+        );
+        let o = rule(&d, &[("o", "x")]).expect("matches");
+        assert!(
+            matches!(o.limit, Limit::Policy { unit: None, .. }),
+            "90 s is no unit"
+        );
+        let e = parse(
+            "p.yaml",
+            &text.replace("policy: odd", "policy: nope"),
+            &options,
+            &EnvoyMetrics::new(),
+        )
+        .expect_err("unknown");
+        assert_eq!(e.field, "descriptors[1].rate_limit.policy");
+        assert!(e.message.contains("defined: api, odd"), "{e}");
+        let e = parse(
+            "p.yaml",
+            &text.replace("policy: odd", "policy: odd\n      unit: second"),
+            &options,
+            &EnvoyMetrics::new(),
+        )
+        .expect_err("both");
+        assert_eq!(e.field, "descriptors[1].rate_limit.policy");
     }
 
     #[test]

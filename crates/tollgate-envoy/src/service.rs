@@ -11,8 +11,11 @@
 //!
 //! A store key is `<rule's policy part>:<the descriptor's values>`: the policy part
 //! (`envoy/<domain>/<key>=<value>/<key>/<algorithm>`, escaped) names the rule and its
-//! algorithm, the client part the values, joined by `/` (escaped), which the Redis
-//! store also uses as the hash tag.
+//! algorithm, the client part the values, joined by `/` (each value with `%` and `/`
+//! escaped as `%25` and `%2F`), which the Redis store also uses as the hash tag. A
+//! rule naming one of the server's policies (`policy: NAME`) has the policy part
+//! `NAME`, so the descriptor `(api_key, alice)` and the HTTP API's
+//! `{"policy": "NAME", "key": "alice"}` count on one counter.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -22,7 +25,7 @@ use arc_swap::ArcSwap;
 use tollgate::{Check, Decision, MAX_STACK, Nanos, Store};
 use tonic::{Request, Response, Status};
 
-use crate::config::{Limit, LoadOptions, Rule, RuleSet, escape_value, override_rule};
+use crate::config::{Limit, LoadOptions, Rule, RuleSet, Unit, escape_value, override_rule};
 use crate::metrics::{EnvoyMetrics, RuleCounters};
 use crate::proto::rate_limit_response::{Code, DescriptorStatus, RateLimit};
 use crate::proto::rate_limit_service_server::RateLimitService;
@@ -48,7 +51,7 @@ impl<S> Clone for RateLimiter<S> {
             rules: Arc::clone(&self.rules),
             metrics: self.metrics.clone(),
             shadow_mode: self.shadow_mode,
-            options: self.options,
+            options: self.options.clone(),
         }
     }
 }
@@ -345,7 +348,8 @@ fn count(c: &RuleCounters, d: &Decision, cost: u32, consumed: bool) {
 
 fn current_limit(rule: &Rule) -> RateLimit {
     let unit = match &rule.limit {
-        Limit::Policy { unit, .. } | Limit::Blocked { unit } => unit.proto(),
+        Limit::Policy { unit, .. } => unit.map_or(0, Unit::proto),
+        Limit::Blocked { unit } => unit.proto(),
         Limit::Unlimited => 0,
     };
     RateLimit {

@@ -427,10 +427,16 @@ pub fn check_envoy(config: &mut Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// What the Envoy rules must fit: the Redis store holds periods up to 2^52 ns.
+/// What the Envoy rules must fit (the Redis store holds periods up to 2^52 ns), and
+/// the named policies they may share with the HTTP API.
 pub fn envoy_options(config: &Config) -> tollgate_envoy::LoadOptions {
     tollgate_envoy::LoadOptions {
         max_duration: (config.store.url != "memory://").then_some(tollgate_redis::MAX_DURATION),
+        policies: config
+            .policies
+            .iter()
+            .map(|p| (p.name.clone(), p.policy))
+            .collect(),
     }
 }
 

@@ -218,7 +218,7 @@ fn envoy_rules(
     let rules = Arc::new(ArcSwap::from_pointee(set));
     tollgate_envoy::reload::watch(
         envoy.config_dir.clone(),
-        options,
+        options.clone(),
         metrics.clone(),
         &rules,
         seen,

@@ -708,3 +708,54 @@ async fn sigterm_answers_every_grpc_call_in_flight() {
         "no new connections once stopped"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_and_grpc_share_a_counter_through_a_named_policy() {
+    let domain = unique("shared");
+    let file = format!(
+        "domain: {domain}\ndescriptors:\n  - key: api_key\n    rate_limit:\n      policy: api\n  - key: own\n    rate_limit:\n      unit: hour\n      requests_per_unit: 5\n      algorithm: gcra\n"
+    );
+    let policy = "[[policy]]\nname = \"api\"\nalgorithm = \"gcra\"\nlimit = 5\nperiod = \"1h\"\n";
+    for store in [
+        "url = \"memory://\"".to_owned(),
+        format!("url = \"{}\"\ntimeout = \"2s\"", redis_url()),
+    ] {
+        let (_dir, toml) = setup(
+            "shared",
+            &[("s.yaml", &file)],
+            &format!("{store}\n{policy}"),
+        );
+        let server = serve(&toml, &[]);
+        let mut c = connect(&server).await;
+        let key = unique("alice");
+        let http = |expect: u16| {
+            let (base, key, store) = (server.base.clone(), key.clone(), store.clone());
+            async move {
+                let r = client()
+                    .post(format!("{base}/v1/check"))
+                    .body(format!("{{\"policy\":\"api\",\"key\":\"{key}\"}}"))
+                    .send()
+                    .await
+                    .expect("HTTP answers");
+                assert_eq!(r.status().as_u16(), expect, "{store}");
+            }
+        };
+        for _ in 0..3 {
+            http(200).await;
+        }
+        let r = ask(&mut c, &domain, &[&[("api_key", &key)]]).await;
+        let limit = r.statuses[0].current_limit.as_ref().expect("limit");
+        assert_eq!((limit.requests_per_unit, limit.unit), (5, 3), "5 per HOUR");
+        assert_eq!(
+            r.statuses[0].limit_remaining, 1,
+            "3 were taken over HTTP: {store}"
+        );
+        assert_eq!(
+            admitted(&mut c, 2, &domain, &[&[("api_key", &key)]]).await,
+            1
+        );
+        http(429).await;
+        // A rule with the same numbers of its own counts apart.
+        assert_eq!(admitted(&mut c, 6, &domain, &[&[("own", &key)]]).await, 5);
+    }
+}
