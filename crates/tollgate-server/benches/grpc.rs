@@ -307,7 +307,8 @@ fn main() {
     );
     for (name, store) in stores {
         let server = start(&store, name);
-        let (mut grpc, mut http) = (Vec::new(), Vec::new());
+        let (mut grpc, mut http, mut ratios, mut cpu_ratios) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         runtime.block_on(async {
             let pid = server.child.id();
             for round in 1..=rounds {
@@ -318,25 +319,41 @@ fn main() {
                 let after = cpu_time(pid);
                 let per_call = |a: Option<Duration>, b: Option<Duration>, calls: u64| match (a, b) {
                     (Some(a), Some(b)) if calls > 0 => {
-                        format!("{:5.1} us", (b - a).as_secs_f64() * 1e6 / calls as f64)
+                        Some((b - a).as_secs_f64() * 1e6 / calls as f64)
                     }
-                    _ => "   ? us".to_owned(),
+                    _ => None,
                 };
-                println!(
-                    "{name:6} round {round}: gRPC ShouldRateLimit {g:9.0}/s ({} server CPU/call)   HTTP /v1/check {h:9.0}/s ({} server CPU/call)   ratio {:.2}",
+                let (g_cpu, h_cpu) = (
                     per_call(before, middle, g_calls),
                     per_call(middle, after, h_calls),
+                );
+                let show = |c: Option<f64>| c.map_or("    ?".to_owned(), |c| format!("{c:5.1}"));
+                println!(
+                    "{name:6} round {round}: gRPC ShouldRateLimit {g:7.0}/s ({} us server CPU/call)   HTTP /v1/check {h:7.0}/s ({} us server CPU/call)   ratio {:.2}",
+                    show(g_cpu),
+                    show(h_cpu),
                     g / h
                 );
                 grpc.push(g);
                 http.push(h);
+                ratios.push(g / h);
+                if let (Some(g), Some(h)) = (g_cpu, h_cpu) {
+                    // Calls per server CPU-second, gRPC over HTTP.
+                    cpu_ratios.push(h / g);
+                }
             }
         });
         let (g, h) = (median(&mut grpc), median(&mut http));
         println!(
-            "{name:6} median : gRPC ShouldRateLimit {g:9.0}/s   HTTP /v1/check {h:9.0}/s   ratio {:.2}",
-            g / h
+            "{name:6} medians: gRPC ShouldRateLimit {g:7.0}/s   HTTP /v1/check {h:7.0}/s   throughput ratio gRPC/HTTP (median of the rounds' ratios) {:.2}",
+            median(&mut ratios)
         );
+        if !cpu_ratios.is_empty() {
+            println!(
+                "{name:6} calls per server CPU-second, gRPC/HTTP (median of the rounds): {:.2}",
+                median(&mut cpu_ratios)
+            );
+        }
         drop(server);
     }
 }
