@@ -5,9 +5,11 @@
 //! files (`*.yaml`, `*.yml`), one domain each. Every field of envoyproxy/ratelimit's
 //! format is read (`key`, `value`, `rate_limit` with `unit`, `requests_per_unit`,
 //! `unlimited`, `name`, `replaces`; `shadow_mode`, `detailed_metric`, nested
-//! `descriptors`), and two more under `rate_limit`: `algorithm` (one of tollgate's
-//! six; `fixed_window` when absent, which is what envoyproxy/ratelimit does) and
-//! `burst`. Unknown fields are errors, so a typo is never silently ignored.
+//! `descriptors`), and three more under `rate_limit`: `algorithm` (one of tollgate's
+//! six; `fixed_window` when absent, which is what envoyproxy/ratelimit does),
+//! `burst`, and `policy` (a named policy of the server, whose algorithm, numbers and
+//! counters the rule then uses). Unknown fields are errors, so a typo is never
+//! silently ignored.
 
 use std::collections::HashMap;
 use std::fmt;

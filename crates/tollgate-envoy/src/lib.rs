@@ -4,8 +4,9 @@
 //!
 //! - [`config`]: the YAML files (`domain`, nested `descriptors` with `key`, `value`,
 //!   `rate_limit { unit, requests_per_unit, unlimited, name, replaces }`,
-//!   `shadow_mode`, `detailed_metric`), plus tollgate's `algorithm` and `burst`;
-//!   parsed, validated, compiled into a tree per domain.
+//!   `shadow_mode`, `detailed_metric`), plus tollgate's `algorithm` and `burst`, and
+//!   `policy` (one of the server's named policies, sharing its counters with the
+//!   HTTP API); parsed, validated, compiled into a tree per domain.
 //! - [`service`]: [`RateLimiter`], the tonic service: descriptors matched, all the
 //!   request's limits decided as one stacked check (all or nothing), statuses and
 //!   metrics.
