@@ -23,15 +23,17 @@ pub struct AppState {
     pub config: Config,
     /// The configured store, shared with the protected API's layer.
     pub backend: Arc<Backend>,
-    /// The decision API's local limiter for `on_error = "local"`.
-    pub local: MemoryStore,
+    /// The local limiter for `on_error = "local"`, one for the decision API and the
+    /// protected API: a key decided through both while the store is down gets this
+    /// node's share once, not once per API.
+    pub local: Arc<MemoryStore>,
 }
 
 impl AppState {
     /// State for `config` over `backend`.
     pub fn new(config: Config, backend: Backend) -> AppState {
         AppState {
-            local: local_store(&config),
+            local: Arc::new(local_store(&config)),
             config,
             backend: Arc::new(backend),
         }
@@ -102,7 +104,9 @@ pub fn app(state: Arc<AppState>) -> Result<Router, BuildError> {
         let on_error = match config.store.on_error {
             OnErrorMode::Deny => OnError::deny(),
             OnErrorMode::Allow => OnError::allow(),
-            OnErrorMode::Local => OnError::local(local_store(config)).nodes(config.store.nodes),
+            OnErrorMode::Local => {
+                OnError::local_shared(state.local.clone()).nodes(config.store.nodes)
+            }
         };
         let mut builder = RateLimitLayer::builder_shared(state.backend.clone())
             .on_error(on_error)

@@ -357,6 +357,14 @@ impl OnError {
         })
     }
 
+    /// [`OnError::local`] with a store the caller keeps a handle on, so that other
+    /// code deciding the same keys while the shared store is down (a server's
+    /// decision API beside its protected routes) draws on the same local budget
+    /// instead of a second one.
+    pub fn local_shared<C: Clock + 'static>(store: Arc<MemoryStore<C>>) -> Self {
+        OnError(Mode::Local { store, nodes: 1 })
+    }
+
     /// For [`OnError::local`]: the fleet has `nodes` nodes, so each decides locally
     /// with `limit / nodes` and `burst / nodes` (at least 1) and the fleet stays
     /// near the limit during an outage. Ignored by the other modes.

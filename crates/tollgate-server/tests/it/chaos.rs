@@ -634,3 +634,55 @@ async fn cluster_master_killed_and_replica_promoted_under_load() {
     })
     .await;
 }
+
+/// Regression: with `on_error = "local"`, the decision API and the protected API had
+/// a local limiter each, so a key decided through both while Redis was down got
+/// this node's share twice (`limit / nodes` from each). They share one now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_share_is_one_budget_for_both_apis() {
+    // Nothing listens on this port: every decision falls back.
+    let port = crate::harness::free_port();
+    let conf = write_config(
+        "chaos-local-share",
+        &format!(
+            r#"
+[store]
+url = "redis://127.0.0.1:{port}/0"
+on_error = "local"
+timeout = "50ms"
+nodes = 2
+
+[[policy]]
+name = "api"
+algorithm = "gcra"
+limit = 4
+period = "1m"
+key = "header:x-key"
+"#
+        ),
+    );
+    let s = start(&["--config", conf.to_str().expect("path")], &[]);
+    let mut c = HttpConn::connect(&s.base).await.expect("connect");
+    let mut admitted = 0;
+    for _ in 0..4 {
+        let a = c
+            .request(
+                "POST",
+                "/v1/check",
+                &[],
+                br#"{"policy":"api","key":"alice"}"#,
+            )
+            .await
+            .expect("check");
+        assert_eq!(a.json()["fallback"], "local", "{:?}", a.json());
+        admitted += usize::from(a.status == 200);
+        let a = c
+            .request("GET", "/", &[("x-key", "alice")], b"")
+            .await
+            .expect("GET /");
+        assert!(a.status == 200 || a.status == 429, "{a:?}");
+        admitted += usize::from(a.status == 200);
+    }
+    // This node's share of 4 per minute over 2 nodes: 2, whichever API asks.
+    assert_eq!(admitted, 2);
+}

@@ -430,8 +430,8 @@ key = "header:x-api-key"
         m.peaks,
         m.statuses()
     );
-    // Two local limiters (the decision API's and the protected API's), each capped.
-    let bound_kib = m.idle + 2 * max_keys * BYTES_PER_KEY * SLACK / 1024 + OVERHEAD_KIB;
+    // One local limiter (the decision API and the protected API share it), capped.
+    let bound_kib = m.idle + max_keys * BYTES_PER_KEY * SLACK / 1024 + OVERHEAD_KIB;
     assert!(
         m.last() <= bound_kib,
         "peak {} KiB over {bound_kib} KiB",
