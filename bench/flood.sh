@@ -3,14 +3,15 @@
 # flood.rs, built in release mode and run with millions of distinct keys, one test
 # at a time, then their figures as a table.
 #
-#   bench/flood.sh                    # 2 x 1,000,000 requests (3,000,000 keys) on
+#   bench/flood.sh                    # 3 x 1,000,000 requests (4,500,000 keys) on
 #                                     # max_keys 1,000,000; 500,000 through Redis
 #   FLOOD_KEYS=300000 MAX_KEYS=100000 bench/flood.sh     # smaller
 #
 # Each memory flood request adds distinct keys: a GET / from a random client IP
 # (X-Forwarded-For through the trusted proxy 127.0.0.1) with a random X-Api-Key (two
-# keys), or a POST /v1/check with a random key (one). The memory test floods twice:
-# the second flood must not raise the peak RSS. The Redis test starts its own
+# keys), or a POST /v1/check with a random key (one). The memory tests flood three
+# times (PHASES): once the store is at its cap, the last flood must not raise the
+# peak RSS. The Redis test starts its own
 # redis-server (redis-server and redis-cli on PATH), scans every key for a TTL and
 # waits for DBSIZE to reach 0. Honours CARGO_TARGET_DIR.
 set -euo pipefail
@@ -19,7 +20,8 @@ cd "$(dirname "$0")/.."
 export TOLLGATE_FLOOD_KEYS=${FLOOD_KEYS:-1000000}
 export TOLLGATE_FLOOD_MAX_KEYS=${MAX_KEYS:-1000000}
 export TOLLGATE_FLOOD_REDIS_KEYS=${REDIS_KEYS:-500000}
-export TOLLGATE_FLOOD_FALLBACK_KEYS=${FALLBACK_KEYS:-200000}
+export TOLLGATE_FLOOD_FALLBACK_KEYS=${FALLBACK_KEYS:-50000}
+export TOLLGATE_FLOOD_PHASES=${PHASES:-3}
 export TOLLGATE_FLOOD_CONNS=${CONNS:-64}
 
 out=$(mktemp)

@@ -354,8 +354,41 @@ impl PrivateRedis {
             child: None,
             port: free_port(),
         };
-        r.restart();
-        r
+        // The free port may be taken by another test before redis binds it.
+        for _ in 0..5 {
+            if r.try_start() {
+                return r;
+            }
+            r.port = free_port();
+        }
+        panic!("redis-server did not start on a free port");
+    }
+
+    /// Starts redis-server on its port; false when it exits (the port is taken) or
+    /// does not answer within 5 s.
+    fn try_start(&mut self) -> bool {
+        self.kill();
+        let mut child = redis_command(self.port, &[])
+            .spawn()
+            .expect("redis-server on PATH");
+        let started = Instant::now();
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                if child.try_wait().ok().flatten().is_none() {
+                    self.child = Some(child);
+                    return true;
+                }
+                return false;
+            }
+            if child.try_wait().ok().flatten().is_some()
+                || started.elapsed() > Duration::from_secs(5)
+            {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Starts it (again) on its port, empty, and waits until it accepts.
@@ -498,14 +531,30 @@ impl ReplicatedCluster {
             dir: dir.clone(),
         };
         let mut ports = Vec::new();
-        for _ in 0..6 {
+        while ports.len() < 6 {
+            // A free port can be taken by another test between the check and the
+            // bind: then this node exits, and another port is tried.
             let port = cluster_port(&ports);
-            ports.push(port);
-            let child = cluster_node(&dir, port);
-            cluster.nodes.push((port, Some(child)));
-        }
-        for &p in &ports {
-            wait_for_port(p, Duration::from_secs(10));
+            let mut child = cluster_node(&dir, port);
+            let started = Instant::now();
+            let up = loop {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    break child.try_wait().ok().flatten().is_none();
+                }
+                if child.try_wait().ok().flatten().is_some()
+                    || started.elapsed() > Duration::from_secs(10)
+                {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            if up {
+                ports.push(port);
+                cluster.nodes.push((port, Some(child)));
+            } else {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
         let mut create = Command::new("redis-cli");
         create.args(["--cluster", "create"]);
