@@ -523,7 +523,8 @@ async fn hot_reload_under_load_fails_no_call_and_applies_the_new_limits() {
     let tmp = dir.join(".live.yaml.tmp");
     std::fs::write(&tmp, "domain: [unclosed\n").expect("write");
     std::fs::rename(&tmp, dir.join("live.yaml")).expect("swap");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut log = Vec::new();
+    wait_for_log(&server, &mut log, "invalid Envoy rate limit configuration");
     assert_eq!(
         admitted(&mut c, 5, &domain, &[&[("user", "during")]]).await,
         3
@@ -554,19 +555,24 @@ async fn hot_reload_under_load_fails_no_call_and_applies_the_new_limits() {
         t.await.expect("task").expect("every call answered OK");
     }
     assert!(calls.load(Ordering::Relaxed) > 20, "the load ran");
-    let mut log = Vec::new();
-    while let Ok(line) = server.log.try_recv() {
-        log.push(line);
+    wait_for_log(&server, &mut log, "Envoy rate limit configuration reloaded");
+    let invalid = log
+        .iter()
+        .find(|l| l.contains("invalid Envoy rate limit configuration"))
+        .expect("logged");
+    assert!(invalid.contains("live.yaml"), "{invalid}");
+}
+
+/// Reads the server's log into `log` until a line holds `needle` (10 s at most).
+fn wait_for_log(server: &Server, log: &mut Vec<String>, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log.iter().any(|l| l.contains(needle)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match server.log.recv_timeout(left) {
+            Ok(line) => log.push(line),
+            Err(_) => panic!("no log line holds {needle:?}: {}", log.join("\n")),
+        }
     }
-    let log = log.join("\n");
-    assert!(
-        log.contains("invalid Envoy rate limit configuration") && log.contains("live.yaml"),
-        "{log}"
-    );
-    assert!(
-        log.contains("Envoy rate limit configuration reloaded"),
-        "{log}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -672,11 +678,14 @@ async fn sigterm_answers_every_grpc_call_in_flight() {
     let mut server = serve(&toml, &[]);
     let mut c = connect(&server).await;
     assert_eq!(admitted(&mut c, 1, &domain, &[&[("k", "warm")]]).await, 1);
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(connect(&server).await);
+    }
     // Redis holds every command for a while: the calls below wait in the server.
-    redis.cli(&["CLIENT", "PAUSE", "1000", "ALL"]);
+    redis.cli(&["CLIENT", "PAUSE", "2000", "ALL"]);
     let mut tasks = Vec::new();
-    for n in 0..8 {
-        let mut c = connect(&server).await;
+    for (n, mut c) in clients.into_iter().enumerate() {
         let domain = domain.clone();
         tasks.push(tokio::spawn(async move {
             let value = format!("v{n}");
@@ -685,7 +694,7 @@ async fn sigterm_answers_every_grpc_call_in_flight() {
                 .map(|r| r.into_inner().overall_code)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = server.child.id().to_string();
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid])
