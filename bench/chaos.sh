@@ -37,7 +37,8 @@ grep -o 'CHAOS|[^|]*|[a-z]*|faults=.*' "$out" | while IFS='|' read -r _ scenario
   val() { printf '%s' "$rest" | tr '|' '\n' | sed -n "s/^$1=//p"; }
   echo "| $scenario | $mode | $(val faults) | $(val requests) | $(val admitted) | $(val policy_allows) | $(val promise) | $(val overshoot) | $(val worst_window_over) | $(val fallback_answers) | $(val 503) | $(val other_5xx) | $(val recovered_s) |"
 done
-grep -o 'CHAOS|failover|promoted.*' "$out" || true
+grep -o 'CHAOS|failover|promoted after [0-9.]*' "$out" | awk '{print $3}' | sort -n \
+  | awk '{a[NR]=$1} END{if (NR) print "failover: " NR " replicas promoted, after " a[1] " s (min), " a[int((NR+1)/2)] " s (median), " a[NR] " s (max)"}'
 echo
 echo "wall time: $(( $(date +%s) - started )) s; result: $([ $status = 0 ] && echo ok || echo FAILED)"
 exit $status
