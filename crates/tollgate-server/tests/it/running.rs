@@ -41,6 +41,9 @@ pub fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
         "TOLLGATE_KEY_PREFIX",
         "MASTER_NODE",
         "TOLLGATE_LOG",
+        "TOLLGATE_ENVOY_LISTEN",
+        "TOLLGATE_ENVOY_CONFIG_DIR",
+        "TOLLGATE_ENVOY_SHADOW_MODE",
     ] {
         cmd.env_remove(var);
     }
