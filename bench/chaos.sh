@@ -9,8 +9,9 @@
 #
 # Each scenario starts its own redis-server (or a 3-master, 3-replica cluster for the
 # failover; redis-server and redis-cli on PATH), two tollgate nodes per mode (deny,
-# allow, local) on it, and steady load (fixed_window, 20 per second, two keys, each
-# asked through both nodes) while the faults come: kill -9 and restart; FUNCTION
+# allow, local) on it, and steady load (fixed_window, 20 per second; two keys
+# through POST /v1/check and one through the protected GET /, each asked through
+# both nodes) while the faults come: kill -9 and restart; FUNCTION
 # FLUSH and SCRIPT FLUSH; CLIENT PAUSE for 4x the 250 ms store timeout; DEBUG
 # SLEEP 1; a master killed until its replica takes over (once per round). The test
 # fails when a node answers a 5xx other than deny's 503, drops a connection, exits,
