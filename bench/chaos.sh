@@ -32,11 +32,11 @@ cargo test --release -p tollgate-server --test it chaos:: -- --test-threads 1 --
 grep -q 'test result: ok' "$out" || status=1
 
 echo
-echo "| scenario | mode | faults | requests | admitted | policy allows | mode promises | overshoot | worst window over L | fallback answers | 503 | other 5xx | recovered after (s) |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| scenario | mode | faults | requests | admitted | policy allows | mode promises | overshoot | worst window over L | fallback answers | 503 | other 5xx | recovered after (s) | protected answers straddling two windows |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 grep -o 'CHAOS|[^|]*|[a-z]*|faults=.*' "$out" | while IFS='|' read -r _ scenario mode rest; do
   val() { printf '%s' "$rest" | tr '|' '\n' | sed -n "s/^$1=//p"; }
-  echo "| $scenario | $mode | $(val faults) | $(val requests) | $(val admitted) | $(val policy_allows) | $(val promise) | $(val overshoot) | $(val worst_window_over) | $(val fallback_answers) | $(val 503) | $(val other_5xx) | $(val recovered_s) |"
+  echo "| $scenario | $mode | $(val faults) | $(val requests) | $(val admitted) | $(val policy_allows) | $(val promise) | $(val overshoot) | $(val worst_window_over) | $(val fallback_answers) | $(val 503) | $(val other_5xx) | $(val recovered_s) | $(val straddling) |"
 done
 grep -o 'CHAOS|failover|promoted after [0-9.]*' "$out" | awk '{print $3}' | sort -n \
   | awk '{a[NR]=$1} END{if (NR) print "failover: " NR " replicas promoted, after " a[1] " s (min), " a[int((NR+1)/2)] " s (median), " a[NR] " s (max)"}'
