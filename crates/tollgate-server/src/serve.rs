@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
-use std::pin::pin;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tollgate::MemoryStore;
 use tollgate_envoy::proto::rate_limit_service_server::RateLimitServiceServer;
 use tollgate_envoy::{EnvoyMetrics, RateLimiter, RuleSet};
@@ -269,18 +270,7 @@ async fn serve_grpc(
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20);
     let mut shutdown = pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!("cannot accept a gRPC connection: {e}");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
+    while let Some((stream, peer)) = accept(&listener, shutdown.as_mut(), "gRPC ").await {
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(routes.clone());
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
@@ -372,18 +362,7 @@ async fn serve_connections(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     let mut shutdown = pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!("cannot accept a connection: {e}");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
+    while let Some((stream, peer)) = accept(&listener, shutdown.as_mut(), "").await {
         let tower = TowerToHyperService::new(router.clone());
         let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
@@ -398,6 +377,28 @@ async fn serve_connections(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// The next connection of `listener`, or `None` once `shutdown` completes. A failed
+/// `accept` (out of file descriptors, say) is logged and retried after
+/// `ACCEPT_BACKOFF`.
+async fn accept(
+    listener: &TcpListener,
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    kind: &str,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => return Some(conn),
+                Err(e) => {
+                    tracing::warn!("cannot accept a {kind}connection: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            () = shutdown.as_mut() => return None,
+        }
+    }
 }
 
 fn init_logs(json: bool) {
