@@ -364,6 +364,14 @@ impl PrivateRedis {
         panic!("redis-server did not start on a free port");
     }
 
+    /// Starts one on `port`, chosen before (a server told to use it while it was
+    /// still down, say).
+    pub fn start_on(port: u16) -> PrivateRedis {
+        let mut r = PrivateRedis { child: None, port };
+        r.restart();
+        r
+    }
+
     /// Starts redis-server on its port; false when it exits (the port is taken) or
     /// does not answer within 5 s.
     fn try_start(&mut self) -> bool {

@@ -1,12 +1,12 @@
 //! The server on Redis: presets, a fleet of two processes, the on_error modes with
 //! Redis stopped mid-run, and shutdown under load.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::harness::PrivateRedis;
 use crate::running::{client, start};
 
 fn redis_url() -> String {
@@ -171,63 +171,6 @@ async fn redis_presets_behave_as_documented() {
     );
 }
 
-/// A private redis-server; dropping it stops it.
-struct PrivateRedis {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl PrivateRedis {
-    fn start_on(port: u16) -> PrivateRedis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        PrivateRedis {
-            child: Some(child),
-            port,
-        }
-    }
-
-    fn start() -> PrivateRedis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        PrivateRedis::start_on(port)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_error_modes_while_redis_is_down_and_recovery_without_restart() {
     let mut redis = PrivateRedis::start();
@@ -249,7 +192,7 @@ async fn on_error_modes_while_redis_is_down_and_recovery_without_restart() {
         let (st, _) = check(&s.base, r#"{"policy":"api","key":"k"}"#).await;
         assert_eq!(st, 200, "{mode}: before the outage");
     }
-    redis.stop();
+    redis.kill();
     for (mode, s) in &servers {
         let mut statuses = Vec::new();
         for _ in 0..4 {
@@ -279,7 +222,7 @@ async fn on_error_modes_while_redis_is_down_and_recovery_without_restart() {
             "{mode}: {metrics}"
         );
     }
-    let _redis = PrivateRedis::start_on(port);
+    redis.restart();
     for (mode, s) in &servers {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -372,10 +315,7 @@ async fn sigterm_answers_every_request_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_starts_while_redis_is_down_and_uses_it_once_up() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
+    let port = crate::harness::free_port();
     let conf = write_config(
         "late-redis",
         &format!(
