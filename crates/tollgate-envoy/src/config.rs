@@ -301,10 +301,10 @@ impl RuleSet {
     /// of time.
     pub fn store_policies(&self) -> Vec<&str> {
         fn walk<'a>(node: &'a Node, out: &mut Vec<&'a str>) {
-            if let Some(rule) = &node.rule {
-                if matches!(rule.limit, Limit::Policy { .. }) {
-                    out.push(rule.store_policy.as_str());
-                }
+            if let Some(rule) = &node.rule
+                && matches!(rule.limit, Limit::Policy { .. })
+            {
+                out.push(rule.store_policy.as_str());
             }
             for children in node.children.values() {
                 for n in children.exact.values() {
@@ -804,13 +804,13 @@ fn field_of(message: &str) -> String {
         }
         _ => String::new(),
     };
-    if let Some(rest) = message.split("unknown field `").nth(1) {
-        if let Some((name, _)) = rest.split_once('`') {
-            if !field.is_empty() {
-                field.push('.');
-            }
-            field.push_str(name);
+    if let Some(rest) = message.split("unknown field `").nth(1)
+        && let Some((name, _)) = rest.split_once('`')
+    {
+        if !field.is_empty() {
+            field.push('.');
         }
+        field.push_str(name);
     }
     if field.is_empty() {
         field.push_str("(syntax)");

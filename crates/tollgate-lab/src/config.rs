@@ -132,7 +132,7 @@ pub fn human_duration(n: Nanos) -> String {
         (1, "ns"),
     ];
     for (scale, unit) in UNITS {
-        if n != 0 && n % scale == 0 {
+        if n != 0 && n.is_multiple_of(scale) {
             return format!("{}{unit}", n / scale);
         }
     }

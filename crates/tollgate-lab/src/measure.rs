@@ -175,10 +175,10 @@ fn series(traffic: &Traffic, run: &Run, bucket: u64, buckets: usize) -> Vec<u64>
 pub fn offered_series(traffic: &Traffic, bucket: u64, buckets: usize) -> Vec<u64> {
     let mut out = vec![0; buckets];
     for a in &traffic.arrivals {
-        if traffic.charted.is_none_or(|c| c == a.client) {
-            if let Some(slot) = out.get_mut((a.at.as_u64() / bucket) as usize) {
-                *slot += 1;
-            }
+        if traffic.charted.is_none_or(|c| c == a.client)
+            && let Some(slot) = out.get_mut((a.at.as_u64() / bucket) as usize)
+        {
+            *slot += 1;
         }
     }
     out

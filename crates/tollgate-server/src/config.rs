@@ -724,10 +724,10 @@ fn parse_bool(text: &str) -> Option<bool> {
 fn field_of(message: &str) -> String {
     // toml's messages read like "unknown field `listn`, expected one of ..." or
     // "invalid type: ..., expected ... for key `store.nodes`".
-    if let Some(start) = message.find('`') {
-        if let Some(len) = message[start + 1..].find('`') {
-            return message[start + 1..start + 1 + len].to_owned();
-        }
+    if let Some(start) = message.find('`')
+        && let Some(len) = message[start + 1..].find('`')
+    {
+        return message[start + 1..start + 1 + len].to_owned();
     }
     "(syntax)".to_owned()
 }
@@ -1097,7 +1097,7 @@ pub fn format_duration(ns: u64) -> String {
         ("ms", 1_000_000),
         ("us", 1_000),
     ] {
-        if ns >= size && ns % size == 0 {
+        if ns >= size && ns.is_multiple_of(size) {
             return format!("{}{unit}", ns / size);
         }
     }

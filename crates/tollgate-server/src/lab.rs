@@ -211,16 +211,16 @@ pub fn config_from_args(args: &LabArgs) -> Result<(LabConfig, Vec<Scenario>), La
             scenarios.push(scenario);
         }
     }
-    if !args.target.is_empty() {
-        if let Some(s) = scenarios.iter().find(|s| !tollgate_lab::runs_live(**s)) {
-            return Err(LabError::flag(
-                "--scenario",
-                s.name(),
-                "cannot run live: the server decides atomically, so there is no \
+    if !args.target.is_empty()
+        && let Some(s) = scenarios.iter().find(|s| !tollgate_lab::runs_live(**s))
+    {
+        return Err(LabError::flag(
+            "--scenario",
+            s.name(),
+            "cannot run live: the server decides atomically, so there is no \
                  read-then-write to replay",
-            )
-            .hinted("run it without --target to see it simulated"));
-        }
+        )
+        .hinted("run it without --target to see it simulated"));
     }
     if scenarios.is_empty() {
         scenarios = Scenario::ALL.to_vec();
@@ -413,13 +413,14 @@ fn run(args: &LabArgs) -> Result<(), LabError> {
         args.out.join("index.html").display()
     )
     .map_err(LabError::Stdout)?;
-    if let Some(live) = &report.live {
-        if live.requests > 0 && live.failed == live.requests {
-            return Err(LabError::NoDecisions {
-                targets: live.targets.join(", "),
-                failed: live.failed,
-            });
-        }
+    if let Some(live) = &report.live
+        && live.requests > 0
+        && live.failed == live.requests
+    {
+        return Err(LabError::NoDecisions {
+            targets: live.targets.join(", "),
+            failed: live.failed,
+        });
     }
     Ok(())
 }

@@ -145,12 +145,12 @@ impl<R: Read> Read for Input<R> {
                 return Ok(n);
             }
             self.inner_done = true;
-            if let (Some(first), Some(b)) = (buf.first_mut(), self.last) {
-                if b != b'\n' {
-                    *first = b'\n';
-                    self.last = Some(b'\n');
-                    return Ok(1);
-                }
+            if let (Some(first), Some(b)) = (buf.first_mut(), self.last)
+                && b != b'\n'
+            {
+                *first = b'\n';
+                self.last = Some(b'\n');
+                return Ok(1);
             }
         }
         self.ended = true;

@@ -173,10 +173,10 @@ pub async fn serve(
     let router = app(state)
         .map_err(|e| ServeError::Runtime(format!("cannot build the protected routes: {e}")))?;
     serve_connections(listener, router, stopped(stop_rx)).await;
-    if let Some(grpc) = grpc {
-        if let Err(e) = grpc.await {
-            tracing::warn!("the gRPC listener's task failed: {e}");
-        }
+    if let Some(grpc) = grpc
+        && let Err(e) = grpc.await
+    {
+        tracing::warn!("the gRPC listener's task failed: {e}");
     }
     tracing::info!("tollgate stopped: every request in flight was answered");
     Ok(())

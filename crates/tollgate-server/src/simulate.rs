@@ -453,18 +453,18 @@ fn replay(
     let mut rows = 0u64;
     while let Some(line) = read_record(&mut input, &mut record)? {
         let row = parse_row(&record, line)?;
-        if let Some((prev_time, prev_line)) = previous {
-            if row.time_ms < prev_time {
-                return Err(SimError::input(
-                    line,
-                    format!(
-                        "time_ms {} is earlier than time_ms {prev_time} on line {prev_line}: \
+        if let Some((prev_time, prev_line)) = previous
+            && row.time_ms < prev_time
+        {
+            return Err(SimError::input(
+                line,
+                format!(
+                    "time_ms {} is earlier than time_ms {prev_time} on line {prev_line}: \
                          times must not go backwards",
-                        row.time_ms
-                    ),
-                )
-                .with_hint(Some("sort the trace by time_ms")));
-            }
+                    row.time_ms
+                ),
+            )
+            .with_hint(Some("sort the trace by time_ms")));
         }
         previous = Some((row.time_ms, line));
 
@@ -523,10 +523,10 @@ fn lossy_fields(record: &ByteRecord) -> Vec<String> {
 fn check_header(record: &ByteRecord, line: u64) -> Result<(), SimError> {
     let mut fields = lossy_fields(record);
     // The csv crate skips a byte order mark only when its first read got all of it.
-    if let Some(first) = fields.first_mut() {
-        if let Some(rest) = first.strip_prefix('\u{feff}') {
-            *first = rest.to_owned();
-        }
+    if let Some(first) = fields.first_mut()
+        && let Some(rest) = first.strip_prefix('\u{feff}')
+    {
+        *first = rest.to_owned();
     }
     if fields == INPUT_HEADER {
         return Ok(());

@@ -51,7 +51,7 @@ fn random_policy(next: &mut impl FnMut() -> u64) -> Policy {
         let Ok(mut p) = Policy::new(algorithm, limit, Nanos::new(period)) else {
             continue;
         };
-        if algorithm.is_bucket() && next() % 3 == 0 {
+        if algorithm.is_bucket() && next().is_multiple_of(3) {
             let burst = match next() % 3 {
                 0 => 1,
                 1 => limit.saturating_mul(2),
@@ -134,7 +134,7 @@ pub async fn replay(
                         .cost(NonZeroU32::new(c).unwrap_or(NonZeroU32::MIN))
                 })
                 .collect();
-            let peek = next() % 5 == 0;
+            let peek = next().is_multiple_of(5);
             let (want, got) = if peek {
                 (memory.peek(&checks).await, redis.peek(&checks).await)
             } else {

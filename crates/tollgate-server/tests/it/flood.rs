@@ -57,7 +57,7 @@ fn request(
 ) -> (&'static str, &'static str, Vec<(String, String)>, Vec<u8>) {
     let mut rng = Rng(i.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ 0x5bd1_e995);
     let r = rng.next_u64();
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         let ip = std::net::Ipv4Addr::from((r >> 32) as u32 | 0x0100_0000);
         (
             "GET",
@@ -109,7 +109,7 @@ async fn flood(base: &str, requests: u64, conns: u64, tag: &str, policy: &str) -
                     }
                 }
                 out.requests += 1;
-                out.keys += if i % 2 == 0 { 2 } else { 1 };
+                out.keys += if i.is_multiple_of(2) { 2 } else { 1 };
             }
         }));
     }

@@ -413,10 +413,10 @@ impl PrivateRedis {
                 if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                     return;
                 }
-                if let Some(c) = self.child.as_mut() {
-                    if c.try_wait().ok().flatten().is_some() {
-                        break; // the port was not free yet
-                    }
+                if let Some(c) = self.child.as_mut()
+                    && c.try_wait().ok().flatten().is_some()
+                {
+                    break; // the port was not free yet
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -600,11 +600,11 @@ impl ReplicatedCluster {
     /// `kill -9` the node on `port`.
     pub fn kill(&mut self, port: u16) {
         for (p, child) in &mut self.nodes {
-            if *p == port {
-                if let Some(mut c) = child.take() {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                }
+            if *p == port
+                && let Some(mut c) = child.take()
+            {
+                let _ = c.kill();
+                let _ = c.wait();
             }
         }
     }
