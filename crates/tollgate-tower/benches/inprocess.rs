@@ -91,7 +91,11 @@ impl Store for AdmitAll {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let plain = Router::new().route("/", get(|| async { "Hello, World!" }));
+    // `with_state(())` turns the handlers into routes once, as `axum::serve` does
+    // (through `into_make_service`); a router called without it rebuilds each route,
+    // and applies its layers again, on every request.
+    let hello = || Router::new().route("/", get(|| async { "Hello, World!" }));
+    let plain = hello().with_state(());
     let policy = Policy::new(Algorithm::Gcra, 1_000_000_000, Duration::from_secs(1))?;
     let layer = |store| {
         RateLimitLayer::builder(store)
@@ -99,16 +103,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .policy("bench", policy)
             .build()
     };
-    let layered = plain.clone().layer(layer(MemoryStore::new())?);
-    let noop = plain
-        .clone()
-        .layer(tower::util::MapRequestLayer::new(|r: Request<Body>| r));
-    let admit_all = plain.clone().layer(
-        RateLimitLayer::builder(AdmitAll)
-            .key(Key::header("x-key"))
-            .policy("bench", policy)
-            .build()?,
-    );
+    let layered = hello().layer(layer(MemoryStore::new())?).with_state(());
+    let noop = hello()
+        .layer(tower::util::MapRequestLayer::new(|r: Request<Body>| r))
+        .with_state(());
+    let admit_all = hello()
+        .layer(
+            RateLimitLayer::builder(AdmitAll)
+                .key(Key::header("x-key"))
+                .policy("bench", policy)
+                .build()?,
+        )
+        .with_state(());
 
     let one = vec!["hot-key".to_owned()];
     // 100k keys in a fixed scrambled order (multiplication by an odd constant

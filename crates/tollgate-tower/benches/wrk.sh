@@ -28,7 +28,7 @@ NOOP_PORT=${NOOP_PORT:-3103}
 
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 1; }
 cargo build --quiet --release -p tollgate-tower --example bench_server
-BIN=target/release/examples/bench_server
+BIN=${CARGO_TARGET_DIR:-target}/release/examples/bench_server
 
 work=$(mktemp -d)
 "$BIN" plain "$PLAIN_PORT" & plain_pid=$!
