@@ -80,12 +80,22 @@ pub(crate) fn policy_field<'a>(
 
 /// `"per-client";r=0;t=12, "global";r=14;t=1`: one item per policy, in order.
 ///
-/// Written without `core::fmt`, which costs more than the rest of the field: this
-/// runs on every response.
+/// Written without `core::fmt`, which costs more than the rest of the field, into
+/// a buffer of the exact length (so that the value takes it over without another
+/// allocation): this runs on every response.
 pub(crate) fn ratelimit_field<'a>(
-    items: impl Iterator<Item = (&'a str, &'a Decision)>,
+    items: impl Iterator<Item = (&'a str, &'a Decision)> + Clone,
 ) -> Option<HeaderValue> {
-    let mut out = Vec::with_capacity(64);
+    // `"` name `";r=` digits `;t=` digits, and `, ` between items.
+    let len: usize = items
+        .clone()
+        .enumerate()
+        .map(|(i, (name, d))| {
+            let comma = if i > 0 { 2 } else { 0 };
+            comma + name.len() + 8 + decimal_len(d.remaining) + decimal_len(item_reset(d))
+        })
+        .sum();
+    let mut out = Vec::with_capacity(len);
     for (i, (name, d)) in items.enumerate() {
         if i > 0 {
             out.extend_from_slice(b", ");
@@ -100,18 +110,42 @@ pub(crate) fn ratelimit_field<'a>(
     HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
 }
 
+/// How many decimal digits `n` has.
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |log| log as usize + 1)
+}
+
+/// `"00" "01" .. "99"`: two decimal digits at a time.
+const PAIRS: [u8; 200] = {
+    let mut table = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        // `i` is below 100, so both digits fit a byte.
+        table[2 * i] = b'0' + (i / 10) as u8;
+        table[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    table
+};
+
 /// Appends `n` in decimal.
 fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
-    loop {
+    while n >= 100 {
+        // Below 100, so the cast keeps it whole.
+        let pair = 2 * (n % 100) as usize;
+        n /= 100;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        let pair = 2 * n as usize;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
         at -= 1;
-        // `n % 10` is below 10, so the cast keeps it whole.
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        digits[at] = b'0' + n as u8;
     }
     out.extend_from_slice(&digits[at..]);
 }
@@ -260,6 +294,20 @@ mod tests {
             let mut out = Vec::new();
             push_u64(&mut out, n);
             assert_eq!(out, n.to_string().into_bytes());
+        }
+    }
+
+    #[test]
+    fn decimal_digits_at_every_length() {
+        let mut n = 1u64;
+        for _ in 0..20 {
+            for m in [n - 1, n, n + 1, n.saturating_mul(9)] {
+                let mut out = Vec::new();
+                push_u64(&mut out, m);
+                assert_eq!(out, m.to_string().into_bytes());
+                assert_eq!(decimal_len(m), out.len());
+            }
+            n = n.saturating_mul(10);
         }
     }
 
