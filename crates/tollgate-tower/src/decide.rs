@@ -1,6 +1,8 @@
 //! Deciding one request: its keys and cost, the store's verdict (or the failure
 //! mode's), and the fields and refusals made from it.
 
+use std::any::Any;
+use std::cell::Cell;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
@@ -8,8 +10,10 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
-use smallvec::SmallVec;
-use tollgate::{Check, Decision, Nanos, Store, Verdict};
+use smallvec::{SmallVec, smallvec};
+use tollgate::{
+    Check, Clock, Decision, ManualClock, MemoryStore, Nanos, Store, SystemClock, Verdict,
+};
 
 use crate::layer::{Mode, Shared};
 use crate::response::{self, Denied, RATELIMIT, RATELIMIT_POLICY};
@@ -98,6 +102,16 @@ pub(crate) async fn decide<S: Store>(
     } else {
         shared.store.peek(&checks).await
     };
+    judge(shared, result, prepared, consume)
+}
+
+/// The decision from the store's answer (or, when it failed, the failure mode's).
+fn judge<S, E: std::error::Error>(
+    shared: &Shared<S>,
+    result: Result<Verdict, E>,
+    prepared: &Prepared,
+    consume: bool,
+) -> Decided {
     let mut verdict = match result {
         Ok(verdict) => verdict,
         Err(error) => match fallback(shared, &error, prepared, consume) {
@@ -116,12 +130,87 @@ pub(crate) async fn decide<S: Store>(
             uncount(&mut verdict, prepared.cost);
         }
         Decided::Admit {
-            fields: Fields::new(shared, &verdict),
+            fields: Fields::new(shared, &verdict.decisions, &verdict.decision),
             delay: verdict.decision.delay,
         }
     } else {
         Decided::Refuse(denied(shared, &verdict, prepared.cost))
     }
+}
+
+/// Decides a request (consuming) inside `Service::call`, without a future, when
+/// the store is the in-process [`MemoryStore`] (on the system clock or a
+/// [`ManualClock`]): its `Store::check` is `ready(check_all(..))`, so calling
+/// `check_all` here decides exactly as awaiting the store would. `None` for any
+/// other store, which goes through [`decide`].
+pub(crate) fn at_once<S: Store + 'static>(shared: &Shared<S>, parts: &Parts) -> Option<Decided> {
+    let store: &dyn Any = &*shared.store;
+    if let Some(memory) = store.downcast_ref::<MemoryStore<SystemClock>>() {
+        return Some(decide_in_memory(shared, memory, parts));
+    }
+    if let Some(memory) = store.downcast_ref::<MemoryStore<ManualClock>>() {
+        return Some(decide_in_memory(shared, memory, parts));
+    }
+    None
+}
+
+thread_local! {
+    /// The store key of a one-policy layer deciding in memory, reused from request
+    /// to request on this thread: the memory store only borrows it.
+    static SCRATCH: Cell<String> = const { Cell::new(String::new()) };
+}
+
+/// A scratch key grown beyond this is dropped rather than kept for the thread.
+const SCRATCH_KEEP: usize = 1024;
+
+fn decide_in_memory<S, C: Clock>(
+    shared: &Shared<S>,
+    memory: &MemoryStore<C>,
+    parts: &Parts,
+) -> Decided {
+    let ([policy], [key]) = (&*shared.policies, &*shared.keys) else {
+        return match prepare(shared, parts) {
+            Ok(prepared) => {
+                let result = memory.check_all(&checks(shared, &prepared, false));
+                judge(shared, result, &prepared, true)
+            }
+            Err(detail) => bad_request(&detail),
+        };
+    };
+    // One policy: the store key in the thread's scratch string, and the memory
+    // store's single check (what its `check_all` does for a stack of one).
+    let cost = shared.cost.as_ref().map_or(NonZeroU32::MIN, |f| f(parts));
+    let mut k = SCRATCH.take();
+    k.clear();
+    k.push_str(&policy.name);
+    k.push(':');
+    let decided = match key.extract_into(parts, &mut k) {
+        Err(missing) => bad_request(&missing.to_string()),
+        Ok(()) => match check_len(k.len() - policy.name.len() - 1, shared.max_key_len) {
+            Err(detail) => bad_request(&detail),
+            Ok(()) => {
+                let d = memory.check_n(&k, &policy.policy, cost);
+                if d.allowed {
+                    Decided::Admit {
+                        fields: Fields::new(shared, std::slice::from_ref(&d), &d),
+                        delay: d.delay,
+                    }
+                } else {
+                    let verdict = Verdict::from_decisions(smallvec![d]);
+                    Decided::Refuse(denied(shared, &verdict, cost))
+                }
+            }
+        },
+    };
+    if k.capacity() <= SCRATCH_KEEP {
+        SCRATCH.set(k);
+    }
+    decided
+}
+
+/// The `400` of a request without a usable key.
+fn bad_request(detail: &str) -> Decided {
+    Decided::Refuse(response::plain_problem(StatusCode::BAD_REQUEST, detail))
 }
 
 /// One check per policy: with the shared store's policies, or the local share.
@@ -202,7 +291,7 @@ fn denied<S>(shared: &Shared<S>, verdict: &Verdict, cost: NonZeroU32) -> Respons
         Some(f) => f(&denied),
         None => response::too_many_requests(&denied),
     };
-    Fields::new(shared, verdict).write(response.headers_mut());
+    Fields::new(shared, &verdict.decisions, &verdict.decision).write(response.headers_mut());
     if let Some(secs) = retry_after {
         response::set_retry_after(response.headers_mut(), secs);
     }
@@ -218,16 +307,18 @@ pub(crate) struct Fields {
 }
 
 impl Fields {
-    pub(crate) fn new<S>(shared: &Shared<S>, verdict: &Verdict) -> Self {
+    /// From one decision per policy (in the layer's order) and the one reported
+    /// (the verdict's, for the legacy fields).
+    pub(crate) fn new<S>(shared: &Shared<S>, decisions: &[Decision], reported: &Decision) -> Self {
         let items = shared
             .policies
             .iter()
-            .zip(&verdict.decisions)
+            .zip(decisions)
             .map(|(p, d)| (&*p.name, d));
         Fields {
             policy: shared.policy_header.clone(),
             ratelimit: response::ratelimit_field(items),
-            legacy: shared.legacy_headers.then_some(verdict.decision),
+            legacy: shared.legacy_headers.then_some(*reported),
         }
     }
 

@@ -84,7 +84,9 @@
 //! no conversion is asked of the inner service's body type. When the store
 //! answers at once (the memory store always does), the decision is made inside
 //! `Service::call` and the [`ResponseFuture`] is the inner service's own future;
-//! a store that must wait, a delay or `count_if` take a boxed future.
+//! a store that must wait, a delay or `count_if` take a boxed future. The memory
+//! store (on the system clock or a `ManualClock`) is asked directly, without a
+//! future, and a one-policy layer builds its store key in a per-thread buffer.
 //!
 //! # Requirements
 //!

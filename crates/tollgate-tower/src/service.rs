@@ -85,8 +85,14 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let shared = Arc::clone(&self.shared);
         let (parts, body) = req.into_parts();
+        if self.shared.count_if.is_none()
+            && let Some(decided) = decide::at_once(&self.shared, &parts)
+        {
+            // The memory store: decided already, no future to keep.
+            return self.answer(decided, Request::from_parts(parts, body));
+        }
+        let shared = Arc::clone(&self.shared);
         let prepared = match decide::prepare(&shared, &parts) {
             Ok(prepared) => prepared,
             Err(detail) => {
@@ -102,12 +108,12 @@ where
             return ResponseFuture::boxed(count_after(shared, inner, req, prepared));
         }
 
-        // Ask the store, and look once whether it has answered already (the memory
-        // store always has; a networked store has not). Polling with a waker that
-        // does nothing is allowed: a pending future keeps the waker of its latest
-        // poll, which will be the response future's. Only inside a runtime: a
-        // networked store's first poll may need its reactor, and `call` may be made
-        // outside one (its future then runs inside).
+        // Ask the store, and look once whether it has answered already (a store
+        // that answers at once has; a networked store has not). Polling with a
+        // waker that does nothing is allowed: a pending future keeps the waker of
+        // its latest poll, which will be the response future's. Only inside a
+        // runtime: a networked store's first poll may need its reactor, and `call`
+        // may be made outside one (its future then runs inside).
         let mut decision: Pin<Box<dyn Future<Output = Decided> + Send>> =
             Box::pin(decide::decide_owned(Arc::clone(&shared), prepared));
         let now = if tokio::runtime::Handle::try_current().is_ok() {
@@ -118,18 +124,38 @@ where
             Poll::Pending
         };
         match now {
-            Poll::Ready(Decided::Admit { fields, delay }) if delay == Nanos::ZERO => {
-                ResponseFuture::inner(self.inner.call(req), Some(fields))
-            }
-            Poll::Ready(Decided::Refuse(refusal)) => ResponseFuture::ready(refusal),
-            Poll::Ready(Decided::Pass) => ResponseFuture::inner(self.inner.call(req), None),
-            Poll::Ready(Decided::Admit { fields, delay }) => {
-                let inner = self.take_ready();
-                ResponseFuture::boxed(delayed(inner, req, fields, delay))
-            }
+            Poll::Ready(decided) => self.answer(decided, req),
             Poll::Pending => {
                 let inner = self.take_ready();
                 ResponseFuture::boxed(decided_later(decision, inner, req))
+            }
+        }
+    }
+}
+
+impl<S, I: Clone> RateLimit<S, I> {
+    /// The response future for a request decided inside `call`.
+    fn answer<ReqBody, ResBody>(
+        &mut self,
+        decided: Decided,
+        req: Request<ReqBody>,
+    ) -> ResponseFuture<I::Future, ResBody, I::Error>
+    where
+        I: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+        I::Future: Send + 'static,
+        I::Error: Send + 'static,
+        ReqBody: Send + 'static,
+        ResBody: Send + 'static,
+    {
+        match decided {
+            Decided::Admit { fields, delay } if delay == Nanos::ZERO => {
+                ResponseFuture::inner(self.inner.call(req), Some(fields))
+            }
+            Decided::Refuse(refusal) => ResponseFuture::ready(refusal),
+            Decided::Pass => ResponseFuture::inner(self.inner.call(req), None),
+            Decided::Admit { fields, delay } => {
+                let inner = self.take_ready();
+                ResponseFuture::boxed(delayed(inner, req, fields, delay))
             }
         }
     }
@@ -220,7 +246,7 @@ where
         },
     };
     if let Some(verdict) = verdict {
-        Fields::new(&shared, &verdict).write(response.headers_mut());
+        Fields::new(&shared, &verdict.decisions, &verdict.decision).write(response.headers_mut());
     }
     Ok(response.map(Either::Left))
 }
@@ -233,14 +259,15 @@ mod tests {
     use bytes::Bytes;
     use http_body_util::Full;
 
-    use tollgate::{Algorithm, ManualClock, MemoryStore, Policy};
+    use tollgate::{Algorithm, Check, CheckError, ManualClock, MemoryStore, Policy, Verdict};
     use tower::{Service, ServiceExt};
 
     use super::*;
     use crate::RateLimitLayer;
 
-    /// `call` made outside a runtime, its future run inside one: the store is not
-    /// polled in `call` (a networked store might need its reactor there).
+    /// `call` made outside a runtime, its future run inside one. The memory store
+    /// decides inside `call` (it needs no runtime); see the next test for a store
+    /// that is not polled in `call` there.
     #[test]
     fn call_outside_a_runtime() {
         let policy = Policy::new(Algorithm::Gcra, 1, Duration::from_secs(10)).expect("policy");
@@ -271,5 +298,60 @@ mod tests {
             third.expect("infallible").status(),
             StatusCode::TOO_MANY_REQUESTS
         );
+    }
+
+    /// A store other than the memory store, answering at once too.
+    struct Other(MemoryStore<ManualClock>);
+
+    impl Store for Other {
+        type Error = CheckError;
+
+        fn check(
+            &self,
+            checks: &[Check<'_>],
+        ) -> impl Future<Output = Result<Verdict, CheckError>> + Send {
+            self.0.check(checks)
+        }
+
+        fn peek(
+            &self,
+            checks: &[Check<'_>],
+        ) -> impl Future<Output = Result<Verdict, CheckError>> + Send {
+            self.0.peek(checks)
+        }
+
+        fn reset(&self, key: &str) -> impl Future<Output = Result<(), CheckError>> + Send {
+            self.0.reset(key)
+        }
+    }
+
+    /// `call` made outside a runtime with a store that is not the memory store: the
+    /// store is not polled in `call` (a networked store might need its reactor
+    /// there) but in the future, inside the runtime.
+    #[test]
+    fn call_outside_a_runtime_other_store() {
+        let policy = Policy::new(Algorithm::Gcra, 1, Duration::from_secs(10)).expect("policy");
+        let layer = RateLimitLayer::builder(Other(MemoryStore::with_clock(ManualClock::default())))
+            .policy("p", policy)
+            .key(crate::Key::global())
+            .build()
+            .expect("layer");
+        let mut service = tower_layer::Layer::layer(
+            &layer,
+            tower::service_fn(|_: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hi"))))
+            }),
+        );
+        let first = service.call(Request::new(()));
+        let second = service.call(Request::new(()));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        // Polled in the other order: the store decides when polled, not in `call`.
+        let second = rt.block_on(second).expect("infallible");
+        let first = rt.block_on(first).expect("infallible");
+        assert_eq!(second.status(), StatusCode::OK);
+        assert_eq!(first.status(), StatusCode::TOO_MANY_REQUESTS);
     }
 }
