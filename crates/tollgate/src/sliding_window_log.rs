@@ -46,6 +46,8 @@ pub struct SlidingWindowLogState {
     entries: VecDeque<(Nanos, u64)>,
     /// Sum of every `c_i` in `entries`.
     total: u64,
+    /// The latest instant the state was updated at.
+    last: Nanos,
     /// `ts_newest + W`: the instant the state is fresh again.
     expires: Nanos,
     /// `ts` of the oldest entry (when there is one), kept beside the header so that a
@@ -64,21 +66,13 @@ impl SlidingWindowLogState {
         self.expires
     }
 
-    /// The latest instant the state was updated at: the newest entry's, 0 when
-    /// never used. (Only an admission updates the state, and it leaves its own entry
-    /// as the newest, so the log needs no field of its own for it: that keeps the
-    /// state to 56 bytes, which with a store's mutex fill one cache line.)
-    #[inline]
-    fn last(&self) -> Nanos {
-        self.entries.back().map_or(Nanos::ZERO, |&(ts, _)| ts)
-    }
-
     /// `ts_newest + W - t` under the policy asked now (its `W` may differ from the
     /// one that set `expires`), 0 for an empty log.
     fn reset_after(&self, t: Nanos, w: Nanos) -> Nanos {
-        match self.entries.back() {
-            None => Nanos::ZERO,
-            Some(&(newest, _)) => newest.saturating_add(w).saturating_sub(t),
+        if self.entries.is_empty() {
+            Nanos::ZERO
+        } else {
+            self.last.saturating_add(w).saturating_sub(t)
         }
     }
 
@@ -128,7 +122,7 @@ pub fn check(
     cost: NonZeroU32,
     consume: bool,
 ) -> Decision {
-    let t = now.max(state.last());
+    let t = now.max(state.last);
     let w = policy.period();
     let dead: u64 = if state.has_dead(t, w) {
         state
@@ -159,9 +153,10 @@ pub fn check(
         if consume {
             // `t` becomes the state's time: entries dead now stay dead.
             state.prune(t, w);
-            // One admitted at the same instant as the newest entry shares its slot.
+            // The newest entry is at `last`: one admitted at the same instant shares
+            // its slot (`last` tells without reading the entries).
             match state.entries.back_mut() {
-                Some((ts, n)) if *ts == t => *n += c,
+                Some((_, n)) if state.last == t => *n += c,
                 _ => {
                     if state.entries.is_empty() {
                         state.oldest = t;
@@ -170,6 +165,7 @@ pub fn check(
                 }
             }
             state.total += c;
+            state.last = t;
             state.expires = t.saturating_add(w);
         }
         decision.allowed = true;
@@ -195,7 +191,7 @@ pub fn check(
 
 /// `(remaining, reset_after)` at `now` with nothing consumed.
 pub fn view(policy: &Policy, state: &SlidingWindowLogState, now: Nanos) -> (u64, Nanos) {
-    let t = now.max(state.last());
+    let t = now.max(state.last);
     let w = policy.period();
     let used: u64 = state
         .entries
