@@ -137,8 +137,9 @@ enum Entry {
 
 const _: () = assert!(std::mem::size_of::<Entry>() == 64);
 
-/// A `sliding_window_log` state and its mutex (72 bytes) in one aligned pair of
-/// cache lines, which the processor fetches together.
+/// A `sliding_window_log` state and its mutex (120 bytes: the header and the
+/// newest entries) in one aligned pair of cache lines. A check reads the entry and
+/// this pair; only one admission in three also writes to the log's older entries.
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct LogCell(Mutex<SlidingWindowLogState>);

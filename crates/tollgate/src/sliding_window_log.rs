@@ -39,12 +39,25 @@ use crate::decision::{Decision, DenyReason};
 use crate::nanos::Nanos;
 use crate::policy::Policy;
 
+/// How many of the newest entries a log holds beside its header.
+const PENDING: usize = 3;
+
 /// One key's log. The default value is the fresh state.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// The log is `entries` followed by `pending[..npending]`. A new entry goes to
+/// `pending`, in the state itself, and a full `pending` moves to `entries` at once,
+/// so only one admission in [`PENDING`] writes to the heap: kept in a cache line
+/// beside the header (as the memory store keeps it), most admissions touch no other
+/// line.
+#[derive(Clone, Default)]
 pub struct SlidingWindowLogState {
-    /// `(ts_i, c_i)`, oldest first; instants strictly increasing.
+    /// The older `(ts_i, c_i)`, oldest first; instants strictly increasing.
     entries: VecDeque<(Nanos, u64)>,
-    /// Sum of every `c_i` in `entries`.
+    /// The newest entries, oldest first, all later than those in `entries`.
+    pending: [(Nanos, u64); PENDING],
+    /// How many of `pending` are entries.
+    npending: u8,
+    /// Sum of every `c_i` in the log.
     total: u64,
     /// The latest instant the state was updated at.
     last: Nanos,
@@ -55,10 +68,75 @@ pub struct SlidingWindowLogState {
     oldest: Nanos,
 }
 
+impl PartialEq for SlidingWindowLogState {
+    /// Equal logs hold the same entries, whichever part holds them.
+    fn eq(&self, other: &Self) -> bool {
+        self.total == other.total
+            && self.last == other.last
+            && self.expires == other.expires
+            && self.oldest == other.oldest
+            && self.entries().eq(other.entries())
+    }
+}
+
+impl Eq for SlidingWindowLogState {}
+
+impl std::fmt::Debug for SlidingWindowLogState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlidingWindowLogState")
+            .field("entries", &self.all().collect::<Vec<_>>())
+            .field("total", &self.total)
+            .field("last", &self.last)
+            .field("expires", &self.expires)
+            .field("oldest", &self.oldest)
+            .finish()
+    }
+}
+
 impl SlidingWindowLogState {
     /// The admitted entries `(ts_i, c_i)` still held, oldest first.
     pub fn entries(&self) -> impl Iterator<Item = (Nanos, u64)> + '_ {
-        self.entries.iter().copied()
+        self.all().copied()
+    }
+
+    /// The newest entries, those beside the header.
+    #[inline]
+    fn pending(&self) -> &[(Nanos, u64)] {
+        &self.pending[..usize::from(self.npending)]
+    }
+
+    /// Every entry, oldest first.
+    #[inline]
+    fn all(&self) -> impl Iterator<Item = &(Nanos, u64)> + '_ {
+        self.entries.iter().chain(self.pending())
+    }
+
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.npending == 0 && self.entries.is_empty()
+    }
+
+    /// The newest entry.
+    #[inline]
+    fn newest_mut(&mut self) -> Option<&mut (Nanos, u64)> {
+        match usize::from(self.npending) {
+            0 => self.entries.back_mut(),
+            n => self.pending.get_mut(n - 1),
+        }
+    }
+
+    /// Appends an entry later than every one held.
+    #[inline]
+    fn push(&mut self, entry: (Nanos, u64)) {
+        let n = usize::from(self.npending);
+        if n < PENDING {
+            self.pending[n] = entry;
+            self.npending += 1;
+        } else {
+            self.entries.extend(self.pending);
+            self.pending[0] = entry;
+            self.npending = 1;
+        }
     }
 
     /// The instant the state is fresh again: `ts_newest + W`, 0 when never used.
@@ -69,7 +147,7 @@ impl SlidingWindowLogState {
     /// `ts_newest + W - t` under the policy asked now (its `W` may differ from the
     /// one that set `expires`), 0 for an empty log.
     fn reset_after(&self, t: Nanos, w: Nanos) -> Nanos {
-        if self.entries.is_empty() {
+        if self.is_empty() {
             Nanos::ZERO
         } else {
             self.last.saturating_add(w).saturating_sub(t)
@@ -83,15 +161,14 @@ impl SlidingWindowLogState {
 
     /// `(ts_i, c_i)` of the entries live at `t`, oldest first.
     fn live(&self, t: Nanos, w: Nanos) -> impl Iterator<Item = &(Nanos, u64)> + '_ {
-        self.entries
-            .iter()
+        self.all()
             .skip_while(move |(ts, _)| ts.saturating_add(w) <= t)
     }
 
     /// True when some entry is no longer live at `t`.
     #[inline]
     fn has_dead(&self, t: Nanos, w: Nanos) -> bool {
-        !self.entries.is_empty() && self.oldest.saturating_add(w) <= t
+        !self.is_empty() && self.oldest.saturating_add(w) <= t
     }
 
     /// Drops the entries that are no longer live at `t`.
@@ -101,14 +178,29 @@ impl SlidingWindowLogState {
         }
         while let Some(&(ts, c)) = self.entries.front() {
             if ts.saturating_add(w) > t {
+                // The pending entries are later still: all live.
                 self.oldest = ts;
-                break;
+                return;
             }
             self.entries.pop_front();
             self.total -= c;
         }
-        if self.entries.is_empty() && self.entries.capacity() > 64 {
+        if self.entries.capacity() > 64 {
             self.entries = VecDeque::new();
+        }
+        let n = usize::from(self.npending);
+        let dead = self.pending[..n]
+            .iter()
+            .take_while(|(ts, _)| ts.saturating_add(w) <= t)
+            .count();
+        for &(_, c) in &self.pending[..dead] {
+            self.total -= c;
+        }
+        self.pending.copy_within(dead..n, 0);
+        // At most PENDING (3), so it fits in u8.
+        self.npending = (n - dead) as u8;
+        if let Some(&(ts, _)) = self.pending().first() {
+            self.oldest = ts;
         }
     }
 }
@@ -126,8 +218,7 @@ pub fn check(
     let w = policy.period();
     let dead: u64 = if state.has_dead(t, w) {
         state
-            .entries
-            .iter()
+            .all()
             .take_while(|(ts, _)| ts.saturating_add(w) <= t)
             .map(|&(_, c)| c)
             .sum()
@@ -155,13 +246,14 @@ pub fn check(
             state.prune(t, w);
             // The newest entry is at `last`: one admitted at the same instant shares
             // its slot (`last` tells without reading the entries).
-            match state.entries.back_mut() {
-                Some((_, n)) if state.last == t => *n += c,
+            let same_instant = state.last == t;
+            match state.newest_mut() {
+                Some((_, n)) if same_instant => *n += c,
                 _ => {
-                    if state.entries.is_empty() {
+                    if state.is_empty() {
                         state.oldest = t;
                     }
-                    state.entries.push_back((t, c));
+                    state.push((t, c));
                 }
             }
             state.total += c;
@@ -194,8 +286,7 @@ pub fn view(policy: &Policy, state: &SlidingWindowLogState, now: Nanos) -> (u64,
     let t = now.max(state.last);
     let w = policy.period();
     let used: u64 = state
-        .entries
-        .iter()
+        .all()
         .filter(|(ts, _)| ts.saturating_add(w) > t)
         .map(|&(_, c)| c)
         .sum();
