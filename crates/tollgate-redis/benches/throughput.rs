@@ -27,6 +27,10 @@ const KEYS: usize = 100_000;
 
 const MIN_SCRIPT: &str = include_str!("gcra_min.lua");
 
+/// The store's one-check argument for the benched policy (GCRA, 1e9 per second:
+/// T = 1 ns, tau = 1 s, burst 1e9; cost 1; no least TTL).
+const GCRA_SPEC: &str = "sg 1 1000000000 1000000000 1 0";
+
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
@@ -143,8 +147,8 @@ async fn redis_rs_rate(
     .await
 }
 
-/// Bare FCALL of tollgate's function through redis-rs, with the command prebuilt
-/// the way the store builds it: what the store costs beyond the client crate.
+/// Bare FCALL of tollgate's one-check function through redis-rs, with the arguments
+/// the store sends: what the store costs beyond the client crate.
 async fn redis_rs_fcall_rate(
     conn: &redis::aio::ConnectionManager,
     function: &str,
@@ -155,19 +159,11 @@ async fn redis_rs_fcall_rate(
     rate(keys, n, move |key| {
         let (mut conn, function) = (conn.clone(), function.clone());
         async move {
-            let _: Vec<i64> = redis::cmd("FCALL")
+            let _: i64 = redis::cmd("FCALL")
                 .arg(&function)
                 .arg(1)
                 .arg(format!("tgbench:{{{key}}}s:g"))
-                .arg("s")
-                .arg("")
-                .arg("")
-                .arg(0)
-                .arg("g")
-                .arg(1)
-                .arg(1_000_000_000_u64)
-                .arg(1_000_000_000_u64)
-                .arg(1)
+                .arg(GCRA_SPEC)
                 .query_async(&mut conn)
                 .await
                 .expect("FCALL");
@@ -261,9 +257,10 @@ fn main() {
             .connect()
             .await
             .expect("store");
-        // The store loaded its function library; its name is the function's.
+        // The store loaded its function library; a check of one policy calls its
+        // function `<library>_1`.
         let libraries: Vec<redis::Value> = redis::cmd("FUNCTION").arg("LIST").arg("LIBRARYNAME").arg("tollgate_*").query_async(&mut load).await.expect("FUNCTION LIST");
-        let tg_function = function_name(&libraries);
+        let tg_function = format!("{}_1", function_name(&libraries));
 
         let mut next = xorshift(0xbe_0c4);
         let many: Arc<Vec<String>> = Arc::new((0..KEYS).map(|_| format!("g:{}", next() % 1_000_000_000)).collect());
@@ -275,9 +272,7 @@ fn main() {
                 if many { format!("tgbench:{{__rand_int__}}{kind}:g") } else { format!("tgbench:{{hot}}{kind}:g") }
             };
             let args: Vec<String> = if tollgate {
-                let mut a = vec!["FCALL".to_owned(), sha.to_owned(), "1".to_owned(), key("s")];
-                a.extend(["s", "", "", "0", "g", "1", "1000000000", "1000000000", "1"].map(String::from));
-                a
+                vec!["FCALL".to_owned(), sha.to_owned(), "1".to_owned(), key("s"), GCRA_SPEC.to_owned()]
             } else {
                 vec!["EVALSHA".to_owned(), sha.to_owned(), "1".to_owned(), key("s"), "1".to_owned(), "1000000".to_owned()]
             };

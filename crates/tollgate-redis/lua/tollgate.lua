@@ -14,8 +14,7 @@
 -- KEYS: per check, in the order of the checks: its state key, then for
 --   sliding_window_log its log key (both carry the same hash tag).
 -- ARGV[1]: mode: "c" decide and consume, "p" decide without consuming,
---   "g" give back what a "c" call at the instant ARGV[2], ARGV[3] consumed;
---   "s" and "q" are "c" and "p" for exactly one check, with the short reply.
+--   "g" give back what a "c" call at the instant ARGV[2], ARGV[3] consumed.
 -- ARGV[2], ARGV[3]: the instant as Unix seconds and nanoseconds; ARGV[2] empty means
 --   "read Redis TIME".
 -- ARGV[4]: the least TTL in milliseconds for written keys (0 under Redis TIME; the
@@ -29,18 +28,34 @@
 --   remaining, reset_after, retry_after (-1 for none), delay, reason (0 none,
 --   1 limited, 2 cost_exceeds_capacity), and what the key holds at that instant
 --   without this request: remaining, reset_after }. Durations are integer
---   nanoseconds. Mode "g" returns only the instant; modes "s" and "q" only the six
---   numbers of the decision. A policy that would have
+--   nanoseconds. Mode "g" returns only the instant. A policy that would have
 --   admitted in a denied stack reports what it holds (the last two numbers): the
 --   caller picks them, since a stack split over cluster slots is decided by several
 --   calls.
 --
+-- FCALL __NAME___1 numkeys KEYS... ARGV...: exactly one check, the common call.
+-- KEYS: its state key, then for sliding_window_log its log key.
+-- ARGV[1]: the check in one string, "<mode><algorithm> x y z cost least": mode "s"
+--   decide and consume or "q" decide without consuming, the algorithm letter, x y z
+--   as ARGV[5 + ...] above (T tau B, or L W 0), the cost, and the least TTL as
+--   ARGV[4] above. A store sends few distinct strings, so the function parses each
+--   once and keeps it (at most 1024 of them).
+-- ARGV[2], ARGV[3] (optional): the instant as Unix seconds and nanoseconds; absent
+--   means "read Redis TIME".
+-- Returns, for the bucket family, one integer: the wait (how far the TAT is ahead of
+--   the instant, 0 when it has passed) if the request was admitted, -(wait + 1) if
+--   denied. The whole decision follows from it and the policy, and the caller
+--   computes it with the tollgate crate's own function (an array reply costs Redis
+--   more than the decision itself). For the windows: the six numbers of the
+--   decision, as above without the instant and the view.
+--
 -- Numbers: Lua numbers are doubles, exact for integers below 2^53. Instants (about
 -- 1.8e18 ns) are therefore held as two numbers, seconds and nanoseconds; durations are
 -- at most 2^52 ns (the store refuses longer policies), and every product that can pass
--- 2^53 is computed by the exact helpers below. Numbers are written into state strings
--- with `..`, exact for integers below 1e14 (seconds, nanoseconds and counts are). The
--- decisions equal the Rust functions of the tollgate crate bit for bit.
+-- 2^53 is computed by the exact helpers below. Numbers are written into strings with
+-- string.format's %d where a decision writes (cheaper than `..`) and with `..`
+-- elsewhere; both are exact for integers below 1e14 (seconds, nanoseconds and counts
+-- are). The decisions equal the Rust functions of the tollgate crate bit for bit.
 --
 -- State strings: "b s n" (the bucket family's TAT), "f count s n" (fixed_window; the
 -- instant is the last admission), "c prev curr s n" (sliding_window_counter),
@@ -50,9 +65,20 @@
 local E9 = 1000000000
 local BIG = 9007199254740992 -- 2^53
 
--- math.floor(a / b) for integers |a| < 2^53, 0 < b < 2^53.
+-- Library functions as locals: a global costs a table lookup at every use. The
+-- libraries are not there while the library loads, so the entry points bind them on
+-- their first call.
+local floor, max, min, match, format, tonumber, ipairs
+
+local function bind()
+  floor, max, min = math.floor, math.max, math.min
+  match, format = string.match, string.format
+  tonumber, ipairs = _G.tonumber, _G.ipairs
+end
+
+-- floor(a / b) for integers |a| < 2^53, 0 < b < 2^53.
 local function fdiv(a, b)
-  local q = math.floor(a / b)
+  local q = floor(a / b)
   local r = a - q * b
   if r < 0 then
     q = q - 1
@@ -66,7 +92,7 @@ local function fmod(a, b)
   return a - fdiv(a, b) * b
 end
 
--- math.floor(a * x / w) and (a * x) mod w, for 0 <= a < 2^32 and 0 <= x < w <= 2^52.
+-- floor(a * x / w) and (a * x) mod w, for 0 <= a < 2^32 and 0 <= x < w <= 2^52.
 local function muldivmod(a, x, w)
   local p = a * x
   if p < BIG then
@@ -95,7 +121,7 @@ local function muldivmod(a, x, w)
   return q, r
 end
 
--- math.floor(b * w / a) for 0 <= b < 2^32, 0 < a < 2^32, w <= 2^52; BIG or more when the
+-- floor(b * w / a) for 0 <= b < 2^32, 0 < a < 2^32, w <= 2^52; BIG or more when the
 -- answer is not below 2^53 (callers compare it with numbers below 2^53).
 local function muldiv_small(b, w, a)
   local qa = fdiv(w, a)
@@ -158,18 +184,24 @@ end
 -- the state to write, its TTL in nanoseconds and, for the log, what to do to the
 -- entries.
 
-local function bucket(raw, ts, tn, T, tau, B, c, leaky)
-  local ss, sn, wait = ts, tn, 0
+-- The bucket family's state at the instant ts, tn: where the next request starts
+-- (the TAT, or the instant when the TAT has passed) and how far ahead that is.
+local function tat(raw, ts, tn)
   if raw then
-    local s, n = string.match(raw, "^b (%d+) (%d+)$")
+    local s, n = match(raw, "^b (%d+) (%d+)$")
     if s then
       s, n = tonumber(s), tonumber(n)
-      if later(s, n, ts, tn) then
-        ss, sn = s, n
-        wait = diff(s, n, ts, tn)
+      -- later() and diff(), inline: this is the hot path.
+      if s > ts or (s == ts and n > tn) then
+        return s, n, (s - ts) * E9 + (n - tn)
       end
     end
   end
+  return ts, tn, 0
+end
+
+local function bucket(raw, ts, tn, T, tau, B, c, leaky)
+  local ss, sn, wait = tat(raw, ts, tn)
   local room = tau - wait
   if room < 0 then
     room = 0
@@ -185,7 +217,7 @@ local function bucket(raw, ts, tn, T, tau, B, c, leaky)
       delay = wait
     end
     local ns, nn = add(ss, sn, c * T)
-    return 1, fdiv(tau - ahead, T), ahead, -1, delay, 0, vrem, wait, "b " .. ns .. " " .. nn, ahead
+    return 1, fdiv(tau - ahead, T), ahead, -1, delay, 0, vrem, wait, format("b %d %d", ns, nn), ahead
   end
   local rem = 0
   if room >= T then
@@ -197,7 +229,7 @@ end
 local function fixed(raw, ts, tn, L, W, c)
   local count, ls, ln = 0, nil, nil
   if raw then
-    local k, s, n = string.match(raw, "^f (%d+) (%d+) (%d+)$")
+    local k, s, n = match(raw, "^f (%d+) (%d+) (%d+)$")
     if k then
       count, ls, ln = tonumber(k), tonumber(s), tonumber(n)
       if later(ls, ln, ts, tn) then
@@ -222,7 +254,7 @@ local function fixed(raw, ts, tn, L, W, c)
     return 0, vrem, reset, -1, 0, 2, vrem, reset
   end
   if count + c <= L then
-    return 1, L - count - c, reset, -1, 0, 0, vrem, reset, "f " .. (count + c) .. " " .. ts .. " " .. tn, reset
+    return 1, L - count - c, reset, -1, 0, 0, vrem, reset, format("f %d %d %d", count + c, ts, tn), reset
   end
   return 0, vrem, reset, reset, 0, 1, vrem, reset
 end
@@ -230,7 +262,7 @@ end
 local function counter(raw, ts, tn, L, W, c)
   local prev, curr, ls, ln = 0, 0, nil, nil
   if raw then
-    local p, q, s, n = string.match(raw, "^c (%d+) (%d+) (%d+) (%d+)$")
+    local p, q, s, n = match(raw, "^c (%d+) (%d+) (%d+) (%d+)$")
     if p then
       ls, ln = tonumber(s), tonumber(n)
       if later(ls, ln, ts, tn) then
@@ -274,7 +306,7 @@ local function counter(raw, ts, tn, L, W, c)
   if r >= 0 and (prev == 0 or W - e <= muldiv_small(r, W, prev)) then
     local cu = curr + c
     return 1, remaining(cu), reset(cu), -1, 0, 0, vrem, vreset,
-      "c " .. prev .. " " .. cu .. " " .. ts .. " " .. tn, 2 * W - e
+      format("c %d %d %d %d", prev, cu, ts, tn), 2 * W - e
   end
   local retry = nil
   if r >= 0 then
@@ -311,7 +343,7 @@ local function counter(raw, ts, tn, L, W, c)
 end
 
 local function entry(raw)
-  local s, n, c = string.match(raw, "^(%d+) (%d+) (%d+)$")
+  local s, n, c = match(raw, "^(%d+) (%d+) (%d+)$")
   return tonumber(s), tonumber(n), tonumber(c)
 end
 
@@ -338,7 +370,7 @@ local function log(raw, ts, tn, L, W, c, lkey)
   local total, dead, ndead, reset = 0, 0, 0, 0
   local ls, ln
   if raw then
-    local k, s, n = string.match(raw, "^l (%d+) (%d+) (%d+)$")
+    local k, s, n = match(raw, "^l (%d+) (%d+) (%d+)$")
     if k then
       total, ls, ln = tonumber(k), tonumber(s), tonumber(n)
       if later(ls, ln, ts, tn) then
@@ -377,7 +409,7 @@ local function log(raw, ts, tn, L, W, c, lkey)
       n = tn,
       c = c,
     }
-    return 1, L - used - c, W, -1, 0, 0, vrem, reset, "l " .. (used + c) .. " " .. ts .. " " .. tn, W, todo
+    return 1, L - used - c, W, -1, 0, 0, vrem, reset, format("l %d %d %d", used + c, ts, tn), W, todo
   end
   local need = used + c - L
   local sum, retry = 0, 0
@@ -423,38 +455,38 @@ local function give_back(alg, skey, lkey, ts, tn, x, W, c)
     return
   end
   if alg == "t" or alg == "g" or alg == "k" then
-    local s, n = string.match(raw, "^b (%d+) (%d+)$")
+    local s, n = match(raw, "^b (%d+) (%d+)$")
     if s then
       s, n = add(tonumber(s), tonumber(n), -c * T)
       redis.call("SET", skey, "b " .. s .. " " .. n, "KEEPTTL")
     end
   elseif alg == "f" then
-    local k, s, n = string.match(raw, "^f (%d+) (%d+) (%d+)$")
+    local k, s, n = match(raw, "^f (%d+) (%d+) (%d+)$")
     if k then
       local ks, kn = window(ts, tn, W)
       local ls, ln = window(tonumber(s), tonumber(n), W)
       if ks == ls and kn == ln then
-        redis.call("SET", skey, "f " .. math.max(tonumber(k) - c, 0) .. " " .. s .. " " .. n, "KEEPTTL")
+        redis.call("SET", skey, "f " .. max(tonumber(k) - c, 0) .. " " .. s .. " " .. n, "KEEPTTL")
       end
     end
   elseif alg == "c" then
-    local p, q, s, n = string.match(raw, "^c (%d+) (%d+) (%d+) (%d+)$")
+    local p, q, s, n = match(raw, "^c (%d+) (%d+) (%d+) (%d+)$")
     if p then
       local ks, kn = window(ts, tn, W)
       local ls, ln = window(tonumber(s), tonumber(n), W)
       local d = diff(ls, ln, ks, kn)
       local prev, curr = tonumber(p), tonumber(q)
       if d == 0 then
-        curr = math.max(curr - c, 0)
+        curr = max(curr - c, 0)
       elseif d == W then
-        prev = math.max(prev - c, 0)
+        prev = max(prev - c, 0)
       else
         return
       end
       redis.call("SET", skey, "c " .. prev .. " " .. curr .. " " .. s .. " " .. n, "KEEPTTL")
     end
   else
-    local k = string.match(raw, "^l (%d+) %d+ %d+$")
+    local k = match(raw, "^l (%d+) %d+ %d+$")
     if not k then
       return
     end
@@ -470,7 +502,7 @@ local function give_back(alg, skey, lkey, ts, tn, x, W, c)
         end
         -- The state's instant is the newest admission still in the log, as if the
         -- given-back one had never been.
-        local total = math.max(tonumber(k) - math.min(c, n_c), 0)
+        local total = max(tonumber(k) - min(c, n_c), 0)
         local tail = redis.call("LINDEX", lkey, -1)
         local ls, ln = ts, tn
         if tail then
@@ -505,6 +537,9 @@ local function one(keys, args, i, ts, tn, sk, lk)
 end
 
 local function decide(keys, args)
+  if not floor then
+    bind()
+  end
   local mode = args[1]
   local ts, tn
   if args[2] == "" then
@@ -514,20 +549,6 @@ local function decide(keys, args)
     ts, tn = tonumber(args[2]), tonumber(args[3])
   end
   local least = tonumber(args[4])
-
-  if mode == "s" or mode == "q" then
-    -- One check: the reply is only its decision (no instant, no view), the common
-    -- case kept lean.
-    local a, rem, reset, retry, delay, reason, _, _, state, ttl, todo = one(keys, args, 1, ts, tn, 1, 2)
-    if a == 1 and mode == "s" then
-      local ms = ttl_ms(ttl, least)
-      if todo then
-        write_log(keys[2], todo, ms)
-      end
-      redis.call("SET", keys[1], state, "PX", ms)
-    end
-    return { a, rem, reset, retry, delay, reason }
-  end
 
   -- Where each check's keys are: its state key, then its log key if it has one.
   local n = (#args - 4) / 5
@@ -582,4 +603,81 @@ local function decide(keys, args)
   return out
 end
 
+-- The single check's description, parsed, by its text (ARGV[1] of __NAME___1). The
+-- texts a store sends are few (its policies, their costs), so most calls find theirs;
+-- the table is emptied when it grows past 1024, so it stays small whatever comes.
+local specs, nspecs = {}, 0
+
+local function spec_of(text)
+  local m, a, x, y, z, c, least = match(text, "^([sq])(%a) (%d+) (%d+) (%d+) (%d+) (%d+)$")
+  if not m then
+    return error("tollgate: bad check description " .. text)
+  end
+  local p = {
+    m == "s", a, tonumber(x), tonumber(y), tonumber(z), tonumber(c), tonumber(least),
+    a ~= "f" and a ~= "c" and a ~= "l",
+  }
+  if nspecs >= 1024 then
+    specs, nspecs = {}, 0
+  end
+  specs[text] = p
+  nspecs = nspecs + 1
+  return p
+end
+
+-- One check, the common call, kept lean: its description in one argument, parsed
+-- once, no stack bookkeeping, and only the decision in the reply. For the bucket
+-- family the reply is one integer, the wait (see the header): an array reply costs
+-- Redis more than the whole decision.
+local function single(keys, args)
+  if not floor then
+    bind()
+  end
+  local call = redis.call
+  local text = args[1]
+  local p = specs[text] or spec_of(text)
+  local ts, tn
+  if args[2] then
+    ts, tn = tonumber(args[2]), tonumber(args[3])
+  else
+    local now = call("TIME")
+    ts, tn = tonumber(now[1]), tonumber(now[2]) * 1000
+  end
+  local raw = call("GET", keys[1])
+  local alg, x, y, c = p[2], p[3], p[4], p[6]
+  if p[8] then
+    -- bucket(), reduced to what the reply and the write need.
+    local ss, sn, wait = tat(raw, ts, tn)
+    if c > p[5] then
+      return -wait - 1
+    end
+    local ahead = wait + c * x
+    if ahead > y then
+      return -wait - 1
+    end
+    if p[1] then
+      local ns, nn = add(ss, sn, c * x)
+      call("SET", keys[1], format("b %d %d", ns, nn), "PX", format("%d", ttl_ms(ahead, p[7])))
+    end
+    return wait
+  end
+  local a, rem, reset, retry, delay, reason, state, ttl, todo, _
+  if alg == "f" then
+    a, rem, reset, retry, delay, reason, _, _, state, ttl = fixed(raw, ts, tn, x, y, c)
+  elseif alg == "c" then
+    a, rem, reset, retry, delay, reason, _, _, state, ttl = counter(raw, ts, tn, x, y, c)
+  else
+    a, rem, reset, retry, delay, reason, _, _, state, ttl, todo = log(raw, ts, tn, x, y, c, keys[2])
+  end
+  if a == 1 and p[1] then
+    local ms = ttl_ms(ttl, p[7])
+    if todo then
+      write_log(keys[2], todo, ms)
+    end
+    call("SET", keys[1], state, "PX", format("%d", ms))
+  end
+  return { a, rem, reset, retry, delay, reason }
+end
+
 redis.register_function("__NAME__", decide)
+redis.register_function("__NAME___1", single)

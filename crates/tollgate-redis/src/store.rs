@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -10,8 +11,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use smallvec::SmallVec;
 use tollgate::{
-    Algorithm, Check, CheckError, Clock, Decision, DenyReason, Nanos, Policy, Store, Verdict,
-    validate,
+    Algorithm, Check, CheckError, Clock, Decision, DenyReason, Nanos, Policy, State, Store,
+    Verdict, validate,
 };
 
 use crate::error::RedisError;
@@ -204,6 +205,7 @@ impl RedisStoreBuilder {
             0
         };
         let (function, code) = library();
+        let single = format!("{function}_1");
         let store = RedisStore {
             inner: Arc::new(Inner {
                 conns,
@@ -213,6 +215,7 @@ impl RedisStoreBuilder {
                 clock: self.clock,
                 least_ttl_ms,
                 function,
+                single,
                 code,
             }),
         };
@@ -262,6 +265,8 @@ struct Inner {
     least_ttl_ms: u64,
     /// The function's name (also its library's).
     function: String,
+    /// The name of its sibling for exactly one check.
+    single: String,
     /// The library's text, for FUNCTION LOAD.
     code: String,
 }
@@ -500,8 +505,12 @@ impl RedisStore {
         group: &[usize],
         checks: &[Check<'_>],
     ) -> Result<(Instant2, SmallVec<[Answer; 4]>), RedisError> {
-        // A stack of one check takes the short reply: its decision alone.
-        let single = checks.len() == 1 && mode != Mode::GiveBack;
+        if checks.len() == 1 && mode != Mode::GiveBack {
+            // A stack of one check: the lean sibling function, whose answer is its
+            // decision alone (the instant is only needed for a give-back).
+            let answer = self.run_single(mode, now, &checks[0]).await?;
+            return Ok((Instant2(0, 0), smallvec::smallvec![answer]));
+        }
         let mut cmd = redis::cmd("FCALL");
         let is_log = |i: usize| checks[i].policy.algorithm() == Algorithm::SlidingWindowLog;
         let numkeys = group
@@ -516,11 +525,7 @@ impl RedisStore {
                 cmd.arg(log_key(prefix, checks[i].key));
             }
         }
-        cmd.arg(match (mode, single) {
-            (Mode::Check, true) => "s",
-            (Mode::Peek, true) => "q",
-            (m, _) => m.arg(),
-        });
+        cmd.arg(mode.arg());
         match (used, now) {
             (Some(Instant2(s, n)), _) => {
                 cmd.arg(s).arg(n);
@@ -547,38 +552,8 @@ impl RedisStore {
             }
             cmd.arg(c.cost.get());
         }
-        let mut loads = 0;
-        let reply: Vec<i64> = loop {
-            match self.query::<Vec<i64>>(&cmd).await {
-                Ok(reply) => break reply,
-                Err(RedisError::Server(e)) if missing_function(&e) && loads < 5 => {
-                    // The function is gone (restart, failover, FUNCTION FLUSH): the
-                    // error proves nothing ran. Load it and call again (a few times:
-                    // it may be flushed again in between).
-                    loads += 1;
-                    self.load().await?;
-                }
-                Err(RedisError::Server(e)) if not_run(&e) => {
-                    // The cluster is moving a slot or electing a master: nothing ran.
-                    // Try again until the timeout.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let reply: Vec<i64> = self.fcall(&cmd).await?;
         let bad = || RedisError::Reply(format!("the function answered {} numbers", reply.len()));
-        if single {
-            if reply.len() != 6 {
-                return Err(bad());
-            }
-            let mut full = [0_i64; FIELDS];
-            full[..6].copy_from_slice(&reply);
-            // The view is only read for the other checks of a denied stack.
-            full[6] = reply[1];
-            full[7] = reply[2];
-            let answer = answer(checks[group[0]].policy, &full)?;
-            return Ok((Instant2(0, 0), smallvec::smallvec![answer]));
-        }
         if reply.len() < 2 {
             return Err(bad());
         }
@@ -595,6 +570,104 @@ impl RedisStore {
             answers.push(answer(checks[i].policy, f)?);
         }
         Ok((at, answers))
+    }
+
+    /// Decides one check with the library's `_1` function: one short argument
+    /// (which the function parses once and keeps) and a short answer.
+    async fn run_single(
+        &self,
+        mode: Mode,
+        now: Option<Nanos>,
+        check: &Check<'_>,
+    ) -> Result<Answer, RedisError> {
+        let p = check.policy;
+        let log = p.algorithm() == Algorithm::SlidingWindowLog;
+        // Sized for the usual call, so building it allocates once.
+        let mut cmd = redis::Cmd::with_capacity(8, 128 + 2 * check.key.len());
+        cmd.arg("FCALL")
+            .arg(&self.inner.single)
+            .arg(if log { 2 } else { 1 });
+        cmd.arg(state_key(&self.inner.prefix, check.key));
+        if log {
+            cmd.arg(log_key(&self.inner.prefix, check.key));
+        }
+        let (x, y, z) = if p.algorithm().is_bucket() {
+            (
+                p.emission_interval().as_u64(),
+                p.tolerance().as_u64(),
+                u64::from(p.burst()),
+            )
+        } else {
+            (u64::from(p.limit()), p.period().as_u64(), 0)
+        };
+        // "<mode><algorithm> x y z cost least", written without the fmt machinery.
+        let mut text: SmallVec<[u8; 112]> = SmallVec::new();
+        text.push(if mode == Mode::Check { b's' } else { b'q' });
+        text.extend_from_slice(letter(p.algorithm()).as_bytes());
+        for v in [
+            x,
+            y,
+            z,
+            u64::from(check.cost.get()),
+            self.inner.least_ttl_ms,
+        ] {
+            text.push(b' ');
+            push_decimal(&mut text, v);
+        }
+        cmd.arg(&text[..]);
+        if let Some(t) = now {
+            cmd.arg(t.as_u64() / 1_000_000_000)
+                .arg(t.as_u64() % 1_000_000_000);
+        }
+        match self.fcall::<redis::Value>(&cmd).await? {
+            redis::Value::Int(reply) if p.algorithm().is_bucket() => {
+                bucket_answer(p, check.cost, reply)
+            }
+            redis::Value::Array(items) if !p.algorithm().is_bucket() && items.len() == 6 => {
+                let mut full = [0_i64; FIELDS];
+                for (f, item) in full.iter_mut().zip(&items) {
+                    match item {
+                        redis::Value::Int(v) => *f = *v,
+                        other => {
+                            return Err(RedisError::Reply(format!(
+                                "the function answered {other:?} in its decision"
+                            )));
+                        }
+                    }
+                }
+                // The view is only read for the other checks of a denied stack.
+                full[6] = full[1];
+                full[7] = full[2];
+                answer(p, &full)
+            }
+            other => Err(RedisError::Reply(format!(
+                "the function answered {other:?} for one check"
+            ))),
+        }
+    }
+
+    /// Calls the function (`cmd`, an FCALL), loading the library again when Redis
+    /// has lost it.
+    async fn fcall<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisError> {
+        let mut loads = 0;
+        loop {
+            match self.query::<T>(cmd).await {
+                Ok(reply) => return Ok(reply),
+                Err(RedisError::Server(e)) if missing_function(&e) && loads < 5 => {
+                    // The function is gone (restart, failover, FUNCTION FLUSH): the
+                    // error proves nothing ran. Load it and call again (a few times:
+                    // it may be flushed again in between).
+                    loads += 1;
+                    self.load().await?;
+                }
+                Err(RedisError::Server(e)) if not_run(&e) => {
+                    // The cluster is moving a slot or electing a master: nothing ran.
+                    // Try again until the timeout.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Loads the decision function (every master of a cluster). Needs Redis 7.
@@ -679,6 +752,47 @@ fn answer(policy: &Policy, f: &[i64]) -> Result<Answer, RedisError> {
     })
 }
 
+/// Appends `v` in decimal.
+fn push_decimal(out: &mut SmallVec<[u8; 112]>, mut v: u64) {
+    let mut digits = [0_u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// A bucket-family check's answer from the one integer the function answered for it:
+/// the wait `w` (how far its TAT was ahead of the instant) if it admitted the request,
+/// `-(w + 1)` if it denied it. A bucket decision depends only on the policy, the cost
+/// and `w`, so the tollgate crate's own function decides it again here, at an instant
+/// where the TAT is `w` ahead, and must agree with the function on admission.
+fn bucket_answer(policy: &Policy, cost: NonZeroU32, reply: i64) -> Result<Answer, RedisError> {
+    /// Any instant does; this one leaves room for every wait and every `c*T`.
+    const BASE: u64 = 1 << 62;
+    let admitted = reply >= 0;
+    // -(reply + 1) cannot overflow for a negative reply, and is then non-negative.
+    let wait = u64::try_from(if admitted { reply } else { -(reply + 1) })
+        .map_err(|_| RedisError::Reply(format!("the function answered {reply}")))?;
+    let mut state = State::Bucket(Nanos::new(BASE + wait));
+    let decision = state.check(policy, Nanos::new(BASE), cost, false);
+    if decision.allowed != admitted {
+        return Err(RedisError::Reply(format!(
+            "the function answered {reply}, which the policy decides the other way"
+        )));
+    }
+    Ok(Answer {
+        decision,
+        // The view is only read for the other checks of a denied stack.
+        view: (decision.remaining, decision.reset_after),
+    })
+}
+
 /// The answer of FCALL when the library is not loaded.
 fn missing_function(e: &redis::RedisError) -> bool {
     e.to_string().contains("Function not found")
@@ -719,5 +833,19 @@ impl Store for RedisStore {
 
     fn reset(&self, key: &str) -> impl Future<Output = Result<(), Self::Error>> + Send {
         self.forget(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals() {
+        for v in [0, 1, 9, 10, 99, 100, 1_000_000_007, u64::MAX] {
+            let mut out = SmallVec::new();
+            push_decimal(&mut out, v);
+            assert_eq!(out.as_slice(), v.to_string().as_bytes());
+        }
     }
 }
