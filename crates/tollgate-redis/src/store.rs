@@ -841,6 +841,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bucket_answers_are_the_crate_decisions() {
+        let one = NonZeroU32::MIN;
+        let p = Policy::new(Algorithm::Gcra, 2, Duration::from_secs(1)).expect("policy");
+        // Fresh key: admitted, the TAT now one T ahead.
+        let a = bucket_answer(&p, one, 0).expect("admitted");
+        assert!(a.decision.allowed);
+        assert_eq!(a.decision.remaining, 1);
+        assert_eq!(a.decision.reset_after, Nanos::from_millis(500));
+        // The TAT a whole tau ahead: denied, retry after one T.
+        let tau = i64::try_from(p.tolerance().as_u64()).expect("small");
+        let d = bucket_answer(&p, one, -(tau + 1)).expect("denied");
+        assert!(!d.decision.allowed);
+        assert_eq!(d.decision.retry_after, Some(Nanos::from_millis(500)));
+        // Redis and the crate disagreeing is an error, never a decision.
+        assert!(bucket_answer(&p, one, tau).is_err());
+        assert!(bucket_answer(&p, one, -1).is_err());
+        let leaky = Policy::new(Algorithm::LeakyBucket, 2, Duration::from_secs(1))
+            .expect("policy")
+            .with_burst(3)
+            .expect("burst");
+        let l = bucket_answer(&leaky, one, 400_000_000).expect("admitted");
+        assert_eq!(l.decision.delay, Nanos::new(400_000_000));
+    }
+
+    #[test]
     fn decimals() {
         for v in [0, 1, 9, 10, 99, 100, 1_000_000_007, u64::MAX] {
             let mut out = SmallVec::new();
