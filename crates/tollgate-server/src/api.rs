@@ -76,9 +76,25 @@ struct Wanted {
     cost: NonZeroU32,
 }
 
-fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, Problem> {
-    let bytes =
-        body.map_err(|e| Problem::status(e.status(), format!("cannot read the body: {e}")))?;
+/// A body the router's extractor could not read, as the client is told.
+fn rejected(e: &BytesRejection, limit: usize) -> Problem {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        over_limit(limit)
+    } else {
+        Problem::status(e.status(), format!("cannot read the body: {e}"))
+    }
+}
+
+/// 413: a body that turned out longer than `max_body_bytes` as it was read.
+fn over_limit(limit: usize) -> Problem {
+    Problem::status(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the body is longer than {limit} bytes: at most {limit} are accepted"),
+    )
+}
+
+fn read_body(body: Result<Bytes, Problem>) -> Result<Map<String, Value>, Problem> {
+    let bytes = body?;
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| Problem::bad("(body)", format!("the body is not valid JSON: {e}")))?;
     match value {
@@ -366,7 +382,7 @@ fn simple(state: &AppState, bytes: &[u8]) -> Option<Wanted> {
 
 async fn decide(
     state: Arc<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, Problem>,
     consume: bool,
 ) -> Result<Response, Problem> {
     let fast = match &body {
@@ -444,7 +460,8 @@ pub async fn check(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    decide(state, body, true)
+    let limit = state.config.max_body_bytes;
+    decide(state, body.map_err(|e| rejected(&e, limit)), true)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -454,7 +471,53 @@ pub async fn peek(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    decide(state, body, false)
+    let limit = state.config.max_body_bytes;
+    decide(state, body.map_err(|e| rejected(&e, limit)), false)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The decision API's hot routes, `POST /v1/check` and `POST /v1/peek`, as the
+/// connection serves them without the router: `Some(consume)` for those two,
+/// `None` for everything else (the router's).
+pub fn direct_route<B>(request: &http::Request<B>) -> Option<bool> {
+    if request.method() != http::Method::POST {
+        return None;
+    }
+    match request.uri().path() {
+        "/v1/check" => Some(true),
+        "/v1/peek" => Some(false),
+        _ => None,
+    }
+}
+
+/// `POST /v1/check` (`consume`) or `POST /v1/peek` served straight from the
+/// connection, with the same answers as the router's [`check`] and [`peek`] behind
+/// [`guard`]: a declared body over `max_body_bytes` is 413 at once, a body read
+/// past it is 413, a body not in within [`BODY_READ_TIMEOUT`] is 408. It skips the
+/// router's path match, middleware and extensions, which cost more than the
+/// decision on this path that nearly every request of the API takes.
+pub async fn direct<B>(state: Arc<AppState>, request: http::Request<B>, consume: bool) -> Response
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let limit = state.config.max_body_bytes;
+    if let Some(problem) = declared_too_long(request.headers(), limit) {
+        return problem.into_response();
+    }
+    let body = http_body_util::Limited::new(request.into_body(), limit);
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, http_body_util::BodyExt::collect(body));
+    let body = match read.await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(over_limit(limit)),
+        Ok(Err(e)) => Err(Problem::status(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the body: {e}"),
+        )),
+        Err(_) => return timed_out().into_response(),
+    };
+    decide(state, body, consume)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -507,7 +570,7 @@ async fn reset_inner(
         }
         Some(_) => {}
     }
-    let body = read_body(body)?;
+    let body = read_body(body.map_err(|e| rejected(&e, state.config.max_body_bytes)))?;
     if let Some(unknown) = body
         .keys()
         .find(|k| !["key", "policy"].contains(&k.as_str()))
@@ -644,28 +707,245 @@ pub async fn guard(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let limit = state.config.max_body_bytes;
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if let Some(length) = declared.filter(|&n| n > limit as u64) {
-        return Problem::status(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is {length} bytes long: at most {limit} are accepted"),
-        )
-        .into_response();
+    if let Some(problem) = declared_too_long(request.headers(), state.config.max_body_bytes) {
+        return problem.into_response();
     }
     match tokio::time::timeout(BODY_READ_TIMEOUT, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => Problem::status(
-            StatusCode::REQUEST_TIMEOUT,
-            format!(
-                "the request was not complete within {} s",
-                BODY_READ_TIMEOUT.as_secs()
-            ),
+        Err(_) => timed_out().into_response(),
+    }
+}
+
+/// 413 when the request's `Content-Length` is over `limit`.
+fn declared_too_long(headers: &HeaderMap, limit: usize) -> Option<Problem> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    declared.filter(|&n| n > limit as u64).map(|length| {
+        Problem::status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is {length} bytes long: at most {limit} are accepted"),
         )
-        .into_response(),
+    })
+}
+
+/// 408: the request did not arrive within [`BODY_READ_TIMEOUT`].
+fn timed_out() -> Problem {
+    Problem::status(
+        StatusCode::REQUEST_TIMEOUT,
+        format!(
+            "the request was not complete within {} s",
+            BODY_READ_TIMEOUT.as_secs()
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::Service as _;
+    use hyper_util::service::TowerToHyperService;
+    use tollgate::MemoryStore;
+
+    const CONFIG: &str = r#"
+[server]
+max_body_bytes = 256
+max_key_len = 16
+
+[[policy]]
+name = "wide"
+algorithm = "gcra"
+limit = 1000000000
+period = "1s"
+
+[[policy]]
+name = "one"
+algorithm = "token_bucket"
+limit = 1
+period = "1000h"
+"#;
+
+    fn state() -> Arc<AppState> {
+        let config = crate::config::from_text("direct.toml", CONFIG).expect("the configuration");
+        Arc::new(AppState::new(config, Backend::memory(MemoryStore::new())))
+    }
+
+    /// Status, the headers a client reads, and the body.
+    async fn answer(response: Response) -> (StatusCode, Vec<(String, String)>, Bytes) {
+        let status = response.status();
+        let headers = [header::CONTENT_TYPE, header::RETRY_AFTER]
+            .iter()
+            .filter_map(|h| {
+                let v = response.headers().get(h)?;
+                Some((
+                    h.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                ))
+            })
+            .collect();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes();
+        (status, headers, body)
+    }
+
+    fn request(path: &str, body: &[u8], declared: Option<&str>) -> http::Request<Full<Bytes>> {
+        let mut builder =
+            http::Request::post(path).header(header::CONTENT_TYPE, "application/json");
+        if let Some(length) = declared {
+            builder = builder.header(header::CONTENT_LENGTH, length);
+        }
+        builder
+            .body(Full::new(Bytes::copy_from_slice(body)))
+            .expect("a request")
+    }
+
+    /// The workers' direct path answers every body exactly as the router (with its
+    /// guard, body limit and handlers) does: same status, headers and body, in the
+    /// same sequence of decisions on two stores.
+    #[tokio::test]
+    async fn direct_answers_as_the_router_does() {
+        let (routed, direct_state) = (state(), state());
+        let router =
+            TowerToHyperService::new(crate::app::app(Arc::clone(&routed)).expect("the router"));
+        let long = format!(r#"{{"policy":"wide","key":"{}"}}"#, "k".repeat(300));
+        let cases: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
+            (
+                "/v1/check",
+                br#"{"policy":"wide","key":"a"}"#.to_vec(),
+                None,
+            ),
+            ("/v1/peek", br#"{"policy":"wide","key":"a"}"#.to_vec(), None),
+            ("/v1/check", br#"{"policy":"one","key":"a"}"#.to_vec(), None),
+            ("/v1/check", br#"{"policy":"one","key":"a"}"#.to_vec(), None),
+            ("/v1/peek", br#"{"policy":"one","key":"a"}"#.to_vec(), None),
+            (
+                "/v1/check",
+                br#"{"policy":"one","key":"b","cost":2}"#.to_vec(),
+                None,
+            ),
+            (
+                "/v1/check",
+                br#"{"policy":"wide","key":"a","cost":0}"#.to_vec(),
+                None,
+            ),
+            (
+                "/v1/check",
+                br#"{"policy":"nope","key":"a"}"#.to_vec(),
+                None,
+            ),
+            (
+                "/v1/check",
+                br#"{"policy":"wide","key":"0123456789abcdefg"}"#.to_vec(),
+                None,
+            ),
+            ("/v1/check", br#"{"policy":"wide"}"#.to_vec(), None),
+            (
+                "/v1/check",
+                br#"{"policy":"wide","key":"a","extra":1}"#.to_vec(),
+                None,
+            ),
+            ("/v1/check", b"not json".to_vec(), None),
+            ("/v1/check", b"[1,2]".to_vec(), None),
+            ("/v1/check", b"".to_vec(), None),
+            (
+                "/v1/check",
+                br#"{"checks":[{"policy":"wide","key":"s"},{"policy":"one","key":"s"}]}"#.to_vec(),
+                None,
+            ),
+            (
+                "/v1/check",
+                br#"{"checks":[{"policy":"wide","key":"s"},{"policy":"one","key":"s"}]}"#.to_vec(),
+                None,
+            ),
+            (
+                "/v1/check",
+                br#"{"algorithm":"sliding_window_counter","limit":5,"period":"1000h","key":"i"}"#
+                    .to_vec(),
+                None,
+            ),
+            ("/v1/check", long.into_bytes(), None),
+            (
+                "/v1/check",
+                br#"{"policy":"wide","key":"a"}"#.to_vec(),
+                Some("100000"),
+            ),
+        ];
+        for (path, body, declared) in cases {
+            let consume = path == "/v1/check";
+            let want = router
+                .call(request(path, &body, declared))
+                .await
+                .expect("infallible");
+            let got = direct(
+                Arc::clone(&direct_state),
+                request(path, &body, declared),
+                consume,
+            )
+            .await;
+            let (want, got) = (answer(want).await, answer(got).await);
+            let case = format!("{path} {}", String::from_utf8_lossy(&body));
+            assert_eq!(
+                (got.0, &got.1),
+                (want.0, &want.1),
+                "{case}: direct (left) and router (right) differ"
+            );
+            assert_eq!(
+                timeless(&got.2),
+                timeless(&want.2),
+                "{case}: direct (left) and router (right) differ"
+            );
+        }
+    }
+
+    /// A body with its durations rounded to the minute: the two stores decide a
+    /// moment apart, and a window's `reset_after_ms` counts down meanwhile.
+    fn timeless(body: &[u8]) -> Value {
+        fn round(v: &mut Value) {
+            match v {
+                Value::Object(map) => {
+                    for (k, v) in map.iter_mut() {
+                        match (k.ends_with("_ms"), v.as_u64()) {
+                            (true, Some(ms)) => *v = Value::from(ms.div_ceil(60_000)),
+                            _ => round(v),
+                        }
+                    }
+                }
+                Value::Array(items) => items.iter_mut().for_each(round),
+                _ => {}
+            }
+        }
+        match serde_json::from_slice::<Value>(body) {
+            Ok(mut v) => {
+                round(&mut v);
+                v
+            }
+            Err(_) => Value::String(String::from_utf8_lossy(body).into_owned()),
+        }
+    }
+
+    #[test]
+    fn direct_route_takes_only_post_check_and_peek() {
+        let route = |method: &str, uri: &str| {
+            let r = http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(())
+                .expect("a request");
+            direct_route(&r)
+        };
+        assert_eq!(route("POST", "/v1/check"), Some(true));
+        assert_eq!(route("POST", "/v1/check?x=1"), Some(true));
+        assert_eq!(route("POST", "/v1/peek"), Some(false));
+        assert_eq!(route("GET", "/v1/check"), None);
+        assert_eq!(route("POST", "/v1/check/"), None);
+        assert_eq!(route("POST", "/v1/reset"), None);
+        assert_eq!(route("POST", "/"), None);
     }
 }

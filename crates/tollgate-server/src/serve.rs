@@ -23,6 +23,7 @@ use tollgate_envoy::proto::rate_limit_service_server::RateLimitServiceServer;
 use tollgate_envoy::{EnvoyMetrics, RateLimiter, RuleSet};
 use tollgate_redis::RedisStore;
 
+use crate::api;
 use crate::app::{AppState, app};
 use crate::backend::Backend;
 use crate::cli::ServeArgs;
@@ -94,6 +95,9 @@ pub async fn backend(config: &Config) -> Result<Backend, ServeError> {
 }
 
 /// Runs the server until a shutdown signal.
+///
+/// The setup, the listeners' accept loops and the first worker run on this thread's
+/// runtime; each further core gets a worker thread of its own (see [`serve`]).
 pub fn run(args: &ServeArgs) -> Result<(), ServeError> {
     let flags = Flags {
         config: args.config.clone(),
@@ -101,14 +105,37 @@ pub fn run(args: &ServeArgs) -> Result<(), ServeError> {
     };
     let config = configuration(&flags)?;
     init_logs(args.log_json);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ServeError::Runtime(format!("cannot start the runtime: {e}")))?;
+    let runtime = worker_runtime()?;
     runtime.block_on(serve(config, shutdown_signal()))
 }
 
+/// A worker's runtime: one thread, its own I/O driver and timers.
+fn worker_runtime() -> Result<tokio::runtime::Runtime, ServeError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ServeError::Runtime(format!("cannot start the runtime: {e}")))
+}
+
+/// How many workers serve connections: one per core this process may use
+/// (`available_parallelism` reads the CPU affinity mask and the cgroup quota).
+fn worker_count() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 /// Serves `config` until `shutdown` completes, then drains.
+///
+/// # Threads
+///
+/// One worker per core, each a single-threaded runtime that owns the connections it
+/// is given: a connection's requests are read, decided and answered on one thread,
+/// and a request never wakes another thread (a work-stealing runtime wakes an idle
+/// worker for nearly every request, which on a small machine costs more than the
+/// request itself). The listeners are accepted on the calling runtime, which is
+/// also worker 0, and hand their connections to the workers in turn. The store is
+/// shared by all of them. On shutdown the accept loops stop, each worker lets its
+/// connections finish the request in flight, and `serve` returns once every worker
+/// has.
 pub async fn serve(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -146,12 +173,14 @@ pub async fn serve(
         }
         None => None,
     };
+    let workers = worker_count();
     tracing::info!(
         listen = %local,
         grpc_listen = %grpc_listener.as_ref().map_or_else(|| "(off)".to_owned(), |(_, a)| a.to_string()),
         store = %redact(&config.store.url),
         preset = config.preset.map(|p| p.name()).unwrap_or("(none: policies from the file)"),
         policies = %config.policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(","),
+        workers,
         "tollgate is serving"
     );
     // One shutdown signal for both listeners.
@@ -161,22 +190,65 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
     let state = Arc::new(AppState::new(config, backend));
-    let grpc = match (envoy, grpc_listener) {
-        (Some(rules), Some((l, _))) => Some(tokio::spawn(serve_grpc(
-            l,
-            Arc::clone(&state),
-            rules,
-            stopped(stop_rx.clone()),
-        ))),
-        _ => None,
-    };
-    let router = app(state)
+    let router = app(Arc::clone(&state))
         .map_err(|e| ServeError::Runtime(format!("cannot build the protected routes: {e}")))?;
-    serve_connections(listener, router, stopped(stop_rx)).await;
-    if let Some(grpc) = grpc
-        && let Err(e) = grpc.await
-    {
-        tracing::warn!("the gRPC listener's task failed: {e}");
+    let (grpc, health) = match envoy {
+        Some(rules) => {
+            let (routes, health) = grpc_routes(&state, rules).await;
+            (Some(routes), Some(health))
+        }
+        None => (None, None),
+    };
+
+    // Worker 0 runs here; the others on threads of their own.
+    let mut senders = Vec::with_capacity(workers);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    senders.push(tx);
+    let first = tokio::spawn(worker(rx, Arc::clone(&state), router.clone(), grpc.clone()));
+    let mut threads = Vec::with_capacity(workers.saturating_sub(1));
+    for i in 1..workers {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        senders.push(tx);
+        let runtime = worker_runtime()?;
+        let (state, router, grpc) = (Arc::clone(&state), router.clone(), grpc.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("tollgate-worker-{i}"))
+            .spawn(move || runtime.block_on(worker(rx, state, router, grpc)))
+            .map_err(|e| ServeError::Runtime(format!("cannot start worker thread {i}: {e}")))?;
+        threads.push(thread);
+    }
+    drop(router);
+
+    let http_loop = dispatch(
+        listener,
+        stopped(stop_rx.clone()),
+        Kind::Http,
+        senders.clone(),
+    );
+    let grpc_loop = async {
+        if let Some((l, _)) = grpc_listener {
+            dispatch(l, stopped(stop_rx), Kind::Grpc, senders).await;
+            if let Some(health) = health {
+                health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+                health
+                    .set_not_serving::<RateLimitServiceServer<RateLimiter<Backend>>>()
+                    .await;
+            }
+        }
+    };
+    tokio::join!(http_loop, grpc_loop);
+    // Every sender is gone now: each worker drains its connections and returns.
+    if let Err(e) = first.await {
+        tracing::warn!("worker 0 failed: {e}");
+    }
+    for thread in threads {
+        let name = thread.thread().name().unwrap_or("a worker").to_owned();
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(())) => {}
+            _ => tracing::warn!("{name} failed"),
+        }
     }
     tracing::info!("tollgate stopped: every request in flight was answered");
     Ok(())
@@ -234,18 +306,21 @@ fn envoy_rules(
     })
 }
 
-/// Serves `envoy.service.ratelimit.v3.RateLimitService` and the standard gRPC
-/// health service until `shutdown`, then lets the calls in flight finish.
+/// The services of the gRPC listener: `envoy.service.ratelimit.v3.RateLimitService`
+/// and the standard gRPC health service (reporting serving), and the health
+/// service's reporter, which says not serving once the listener stops.
 ///
-/// The services are tonic's generated ones, served over HTTP/2 by hyper directly
-/// with a two-way path match ([`GrpcRoutes`]), not by tonic's `Server`, whose router
-/// and per-request layers (an axum `Router`, connect-info, tracing) this listener
-/// does not need; and so its connections shut down as the HTTP listener's do.
-async fn serve_grpc(
-    listener: TcpListener,
-    state: Arc<AppState>,
+/// They are tonic's generated services, served over HTTP/2 by hyper directly with a
+/// two-way path match ([`GrpcRoutes`]), not by tonic's `Server`, whose router and
+/// per-request layers (an axum `Router`, connect-info, tracing) this listener does
+/// not need; and so its connections are handed to the workers and shut down as the
+/// HTTP listener's are.
+async fn grpc_routes(
+    state: &Arc<AppState>,
     envoy: EnvoyRules,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> (
+    GrpcRoutes<impl GrpcService + Clone + use<>>,
+    tonic_health::server::HealthReporter,
 ) {
     let limiter = RateLimiter::new(Arc::clone(&state.backend), envoy.rules, envoy.metrics)
         .shadow_mode(envoy.shadow_mode)
@@ -261,33 +336,7 @@ async fn serve_grpc(
         ratelimit: RateLimitServiceServer::new(limiter),
         health: health_service,
     };
-    let graceful = GracefulShutdown::new();
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        // gRPC needs no Date header; larger windows mean fewer WINDOW_UPDATE frames.
-        .auto_date_header(false)
-        .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(4 << 20);
-    let mut shutdown = pin!(shutdown);
-    while let Some((stream, peer)) = accept(&listener, shutdown.as_mut(), "gRPC ").await {
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(routes.clone());
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, "gRPC connection ended: {e}");
-            }
-        });
-    }
-    drop(listener);
-    health
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
-    health
-        .set_not_serving::<RateLimitServiceServer<RateLimiter<Backend>>>()
-        .await;
-    graceful.shutdown().await;
+    (routes, health)
 }
 
 /// The gRPC listener's two services, told apart by the path's service name.
@@ -305,15 +354,30 @@ impl<H> fmt::Debug for GrpcRoutes<H> {
 
 type GrpcResponse = http::Response<tonic::body::Body>;
 
-impl<H> tonic::codegen::Service<http::Request<Incoming>> for GrpcRoutes<H>
-where
-    H: tonic::codegen::Service<
+/// A generated gRPC service as hyper serves it (the health service's type).
+trait GrpcService:
+    tonic::codegen::Service<
+        http::Request<Incoming>,
+        Response = GrpcResponse,
+        Error = Infallible,
+        Future = tonic::codegen::BoxFuture<GrpcResponse, Infallible>,
+    > + Send
+    + 'static
+{
+}
+
+impl<T> GrpcService for T where
+    T: tonic::codegen::Service<
             http::Request<Incoming>,
             Response = GrpcResponse,
             Error = Infallible,
             Future = tonic::codegen::BoxFuture<GrpcResponse, Infallible>,
-        >,
+        > + Send
+        + 'static
 {
+}
+
+impl<H: GrpcService> tonic::codegen::Service<http::Request<Incoming>> for GrpcRoutes<H> {
     type Response = GrpcResponse;
     type Error = Infallible;
     type Future = tonic::codegen::BoxFuture<GrpcResponse, Infallible>;
@@ -348,34 +412,136 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// one, so the loop does not spin while connections close.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Accepts HTTP/1 connections until `shutdown` completes, then lets each
-/// connection finish its request in flight and waits for all of them. Each request
-/// carries `ConnectInfo<SocketAddr>`, the peer address the key extractors read.
-async fn serve_connections(
+/// Which listener a connection came from.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// HTTP/1: the decision API and the protected API.
+    Http,
+    /// HTTP/2: the Envoy rate limit service.
+    Grpc,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Http => "",
+            Kind::Grpc => "gRPC ",
+        }
+    }
+}
+
+/// An accepted connection on its way to a worker. It travels as a std stream: a
+/// tokio stream belongs to the I/O driver of the runtime that registered it.
+struct Conn {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+}
+
+/// Accepts `listener`'s connections until `shutdown` completes and hands them to
+/// `workers` in turn (a worker that is gone is skipped).
+async fn dispatch(
     listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    kind: Kind,
+    workers: Vec<tokio::sync::mpsc::UnboundedSender<Conn>>,
+) {
+    let mut shutdown = pin!(shutdown);
+    let mut next = 0usize;
+    while let Some((stream, peer)) = accept(&listener, shutdown.as_mut(), kind.name()).await {
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, "cannot hand a {}connection to a worker: {e}", kind.name());
+                continue;
+            }
+        };
+        let mut conn = Conn { stream, peer, kind };
+        for _ in 0..workers.len() {
+            let to = &workers[next % workers.len()];
+            next = next.wrapping_add(1);
+            match to.send(conn) {
+                Ok(()) => break,
+                Err(tokio::sync::mpsc::error::SendError(back)) => conn = back,
+            }
+        }
+    }
+}
+
+/// A worker: serves the connections it is handed on this thread's runtime until
+/// the listeners stop (its channel closes), then lets each connection finish its
+/// request in flight and waits for all of them. Each HTTP request carries
+/// `ConnectInfo<SocketAddr>`, the peer address the key extractors read.
+async fn worker<H: GrpcService + Clone>(
+    mut connections: tokio::sync::mpsc::UnboundedReceiver<Conn>,
+    state: Arc<AppState>,
     router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    grpc: Option<GrpcRoutes<H>>,
 ) {
     let graceful = GracefulShutdown::new();
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    let mut shutdown = pin!(shutdown);
-    while let Some((stream, peer)) = accept(&listener, shutdown.as_mut(), "").await {
-        let tower = TowerToHyperService::new(router.clone());
-        let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            hyper::service::Service::call(&tower, request)
-        });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, "connection ended: {e}");
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        // gRPC needs no Date header; larger windows mean fewer WINDOW_UPDATE frames.
+        .auto_date_header(false)
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20);
+    while let Some(Conn { stream, peer, kind }) = connections.recv().await {
+        let stream = match TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, "cannot serve a {}connection: {e}", kind.name());
+                continue;
             }
-        });
+        };
+        match (kind, &grpc) {
+            (Kind::Http, _) => {
+                let tower = TowerToHyperService::new(router.clone());
+                let state = Arc::clone(&state);
+                // POST /v1/check and /v1/peek are served directly; every other
+                // request goes through the router.
+                let service =
+                    hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
+                        let state = Arc::clone(&state);
+                        let tower = tower.clone();
+                        async move {
+                            match api::direct_route(&request) {
+                                Some(consume) => Ok(api::direct(state, request, consume).await),
+                                None => {
+                                    request.extensions_mut().insert(ConnectInfo(peer));
+                                    hyper::service::Service::call(&tower, request).await
+                                }
+                            }
+                        }
+                    });
+                let connection =
+                    graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(%peer, "connection ended: {e}");
+                    }
+                });
+            }
+            (Kind::Grpc, Some(routes)) => {
+                let _ = stream.set_nodelay(true);
+                let service = TowerToHyperService::new(routes.clone());
+                let connection =
+                    graceful.watch(http2.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(%peer, "gRPC connection ended: {e}");
+                    }
+                });
+            }
+            // Only a gRPC listener makes gRPC connections, and it exists only with
+            // the routes.
+            (Kind::Grpc, None) => {}
+        }
     }
-    drop(listener);
     graceful.shutdown().await;
 }
 
