@@ -12,6 +12,7 @@
 //! isolates the layer from the network stack, with two references: a layer that
 //! does nothing (what axum's `Router::layer` itself costs) and the rate-limit
 //! layer over a store that admits without looking (the layer without the store).
+//! `stacked` is the layer with two policies (per `x-key` and global), one hot key.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -107,6 +108,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let noop = hello()
         .layer(tower::util::MapRequestLayer::new(|r: Request<Body>| r))
         .with_state(());
+    // Two stacked policies, as a per-client limit under a global one.
+    let stacked = hello()
+        .layer(
+            RateLimitLayer::builder(MemoryStore::new())
+                .key(Key::header("x-key"))
+                .policy("bench", policy)
+                .policy_keyed("global", policy, Key::global())
+                .build()?,
+        )
+        .with_state(());
     let admit_all = hello()
         .layer(
             RateLimitLayer::builder(AdmitAll)
@@ -125,12 +136,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|i| format!("key-{i}"))
         .collect();
 
-    let scenarios: [(&str, &Router, &[String]); 5] = [
+    let scenarios: [(&str, &Router, &[String]); 6] = [
         ("plain", &plain, &one),
         ("noop-layer", &noop, &one),
         ("admit-all", &admit_all, &one),
         ("one-key", &layered, &one),
         ("100k-keys", &layered, &many),
+        ("stacked", &stacked, &one),
     ];
     let only: Vec<String> = std::env::args()
         .skip(1)

@@ -15,6 +15,7 @@ use tollgate::{
     Check, Clock, Decision, ManualClock, MemoryStore, Nanos, Store, SystemClock, Verdict,
 };
 
+use crate::key::Missing;
 use crate::layer::{Mode, Shared};
 use crate::response::{self, Denied, RATELIMIT, RATELIMIT_POLICY};
 
@@ -27,39 +28,61 @@ pub(crate) struct Prepared {
 /// Finds the request's keys and cost, or says why the request has no usable key.
 pub(crate) fn prepare<S>(shared: &Shared<S>, parts: &Parts) -> Result<Prepared, String> {
     let cost = shared.cost.as_ref().map_or(NonZeroU32::MIN, |f| f(parts));
-    if let ([policy], [key]) = (&*shared.policies, &*shared.keys) {
-        // One policy: extract straight into its store key, one allocation.
-        let mut k = String::with_capacity(policy.name.len() + 48);
-        k.push_str(&policy.name);
-        k.push(':');
-        key.extract_into(parts, &mut k)
-            .map_err(|missing| missing.to_string())?;
-        check_len(k.len() - policy.name.len() - 1, shared.max_key_len)?;
-        let mut keys = SmallVec::new();
-        keys.push(k);
-        return Ok(Prepared { keys, cost });
-    }
-    let mut clients: SmallVec<[String; 2]> = SmallVec::new();
-    for key in shared.keys.iter() {
-        let mut client = String::new();
-        key.extract_into(parts, &mut client)
-            .map_err(|missing| missing.to_string())?;
-        check_len(client.len(), shared.max_key_len)?;
-        clients.push(client);
-    }
-    let keys = shared
-        .policies
-        .iter()
-        .map(|p| {
-            let client = clients.get(p.key).map_or("", String::as_str);
-            let mut k = String::with_capacity(p.name.len() + 1 + client.len());
-            k.push_str(&p.name);
-            k.push(':');
-            k.push_str(client);
-            k
-        })
-        .collect();
+    let mut keys = SmallVec::new();
+    fill_keys(shared, parts, &mut keys)?;
     Ok(Prepared { keys, cost })
+}
+
+/// Writes the request's store keys into `keys`, one per policy, reusing the
+/// strings it holds. Each distinct extractor runs once, in the order the policies
+/// first use it (the order of [`Shared::keys`]), so the first missing key is the
+/// one reported.
+pub(crate) fn fill_keys<S>(
+    shared: &Shared<S>,
+    parts: &Parts,
+    keys: &mut SmallVec<[String; 2]>,
+) -> Result<(), String> {
+    let policies = &shared.policies;
+    keys.truncate(policies.len());
+    while keys.len() < policies.len() {
+        keys.push(String::with_capacity(64));
+    }
+    if let ([p], [key], [k]) = (&**policies, &*shared.keys, &mut keys[..]) {
+        // One policy: extract straight into its store key.
+        k.clear();
+        k.push_str(&p.name);
+        k.push(':');
+        key.extract_into(parts, k)
+            .map_err(|missing| missing.to_string())?;
+        return check_len(k.len() - p.name.len() - 1, shared.max_key_len);
+    }
+    for (i, p) in policies.iter().enumerate() {
+        let (done, rest) = keys.split_at_mut(i);
+        let Some(k) = rest.first_mut() else {
+            break;
+        };
+        k.clear();
+        k.push_str(&p.name);
+        k.push(':');
+        // A policy before this one with the same extractor has its client key.
+        let earlier = policies[..i]
+            .iter()
+            .zip(done.iter())
+            .find(|(q, _)| q.key == p.key);
+        match earlier {
+            Some((q, done)) => k.push_str(done.get(q.name.len() + 1..).unwrap_or("")),
+            None => {
+                let key = shared
+                    .keys
+                    .get(p.key)
+                    .ok_or_else(|| Missing::Custom.to_string())?;
+                key.extract_into(parts, k)
+                    .map_err(|missing| missing.to_string())?;
+                check_len(k.len() - p.name.len() - 1, shared.max_key_len)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_len(len: usize, max: usize) -> Result<(), String> {
@@ -155,41 +178,29 @@ pub(crate) fn at_once<S: Store + 'static>(shared: &Shared<S>, parts: &Parts) -> 
 }
 
 thread_local! {
-    /// The store key of a one-policy layer deciding in memory, reused from request
-    /// to request on this thread: the memory store only borrows it.
-    static SCRATCH: Cell<String> = const { Cell::new(String::new()) };
+    /// The store keys of a request deciding in memory, reused from request to
+    /// request on this thread: the memory store only borrows them.
+    static SCRATCH: Cell<SmallVec<[String; 2]>> = Cell::new(SmallVec::new());
 }
 
-/// A scratch key grown beyond this is dropped rather than kept for the thread.
-const SCRATCH_KEEP: usize = 1024;
+/// Scratch keys grown beyond this many bytes in all are dropped rather than kept
+/// for the thread.
+const SCRATCH_KEEP: usize = 4096;
 
 fn decide_in_memory<S, C: Clock>(
     shared: &Shared<S>,
     memory: &MemoryStore<C>,
     parts: &Parts,
 ) -> Decided {
-    let ([policy], [key]) = (&*shared.policies, &*shared.keys) else {
-        return match prepare(shared, parts) {
-            Ok(prepared) => {
-                let result = memory.check_all(&checks(shared, &prepared, false));
-                judge(shared, result, &prepared, true)
-            }
-            Err(detail) => bad_request(&detail),
-        };
-    };
-    // One policy: the store key in the thread's scratch string, and the memory
-    // store's single check (what its `check_all` does for a stack of one).
     let cost = shared.cost.as_ref().map_or(NonZeroU32::MIN, |f| f(parts));
-    let mut k = SCRATCH.take();
-    k.clear();
-    k.push_str(&policy.name);
-    k.push(':');
-    let decided = match key.extract_into(parts, &mut k) {
-        Err(missing) => bad_request(&missing.to_string()),
-        Ok(()) => match check_len(k.len() - policy.name.len() - 1, shared.max_key_len) {
-            Err(detail) => bad_request(&detail),
-            Ok(()) => {
-                let d = memory.check_n(&k, &policy.policy, cost);
+    let mut keys = SCRATCH.take();
+    let decided = match fill_keys(shared, parts, &mut keys) {
+        Err(detail) => bad_request(&detail),
+        Ok(()) => match (&*shared.policies, &keys[..]) {
+            // One policy: the memory store's single check, what its `check_all`
+            // does for a stack of one.
+            ([policy], [k]) => {
+                let d = memory.check_n(k, &policy.policy, cost);
                 if d.allowed {
                     Decided::Admit {
                         fields: Fields::new(shared, std::slice::from_ref(&d), &d),
@@ -200,10 +211,17 @@ fn decide_in_memory<S, C: Clock>(
                     Decided::Refuse(denied(shared, &verdict, cost))
                 }
             }
+            _ => {
+                let prepared = Prepared { keys, cost };
+                let result = memory.check_all(&checks(shared, &prepared, false));
+                let decided = judge(shared, result, &prepared, true);
+                keys = prepared.keys;
+                decided
+            }
         },
     };
-    if k.capacity() <= SCRATCH_KEEP {
-        SCRATCH.set(k);
+    if keys.iter().map(String::capacity).sum::<usize>() <= SCRATCH_KEEP {
+        SCRATCH.set(keys);
     }
     decided
 }

@@ -477,6 +477,40 @@ mod tests {
     }
 
     #[test]
+    fn store_keys_reuse_the_strings_given() {
+        let stacked = RateLimitLayer::builder(MemoryStore::new())
+            .key(Key::header("x-a"))
+            .policy("a", p())
+            .policy_keyed("g", p(), Key::global())
+            .policy("c", p())
+            .build()
+            .unwrap();
+        let (parts, ()) = http::Request::builder()
+            .header("x-a", "v")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut keys: smallvec::SmallVec<[String; 2]> = ["junk", "more junk", "x", "y", "z"]
+            .map(String::from)
+            .into_iter()
+            .collect();
+        crate::decide::fill_keys(&stacked.shared, &parts, &mut keys).unwrap();
+        assert_eq!(&keys[..], ["a:v", "g:global", "c:v"]);
+
+        let (bare, ()) = http::Request::new(()).into_parts();
+        let missing = crate::decide::fill_keys(&stacked.shared, &bare, &mut keys).unwrap_err();
+        assert!(missing.contains("\"x-a\""), "{missing}");
+
+        let one = RateLimitLayer::builder(MemoryStore::new())
+            .key(Key::global())
+            .policy("o", p())
+            .build()
+            .unwrap();
+        crate::decide::fill_keys(&one.shared, &bare, &mut keys).unwrap();
+        assert_eq!(&keys[..], ["o:global"]);
+    }
+
+    #[test]
     fn local_share_divides_limit_and_burst() {
         let q = Policy::new(Algorithm::Gcra, 10, Duration::from_secs(1))
             .unwrap()
