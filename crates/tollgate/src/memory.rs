@@ -2,22 +2,24 @@
 //!
 //! # Shape
 //!
-//! Keys live in a fixed number of shards, each a hash table behind a reader-writer
-//! lock; a key's hash picks its shard. A check takes its shard's lock for reading
+//! Keys live in a fixed number of shards, each two hash tables (one for
+//! `sliding_window_log`'s keys, one for the other algorithms') behind a
+//! reader-writer lock; a key's hash picks its shard. A check takes its shard's lock for reading
 //! only, so checks of different keys never wait for each other and there is no
 //! global lock. The lock is crossbeam's `ShardedLock`: a reader locks only its own
 //! thread's slice of it, so readers on different cores do not pass the lock's cache
 //! line back and forth (with two threads that cut a keyed check by about a tenth);
-//! a writer locks every slice, which costs a new key about 8% more. Each table entry is one 64-byte cache line holding the key (inline
-//! when short) and its state: the bucket family's one instant, `TAT`, as an
-//! `AtomicU64` updated by compare-and-swap; `fixed_window`'s and
-//! `sliding_window_counter`'s 24 bytes behind a one-byte mutex; a pointer to
-//! `sliding_window_log`'s log. So a keyed check costs one cache miss, not the two
-//! of a map of `String` keys. The log's pointer leads to a 128-byte block holding
-//! its mutex, its header and its three newest entries (a second miss); the older
-//! entries are further on the heap, written once every three admissions. The write
-//! lock is taken only to add a key, to change a key's algorithm, to forget a key,
-//! and to sweep.
+//! a writer locks every slice, which costs a new key about 8% more. Each entry of
+//! the main table is one 64-byte cache line holding the key (inline when short) and
+//! its state: the bucket family's one instant, `TAT`, as an `AtomicU64` updated by
+//! compare-and-swap; `fixed_window`'s and `sliding_window_counter`'s 24 bytes
+//! behind a one-byte mutex. So a keyed check costs one cache miss, not the two of a
+//! map of `String` keys. A `sliding_window_log` entry is an aligned pair of lines:
+//! the key, the mutex and the log's header in the first, all a check reads; the
+//! two newest log entries and the handle of the older ones (on the heap, written by
+//! one admission in two) in the second. The write lock is taken only to add a key,
+//! to change a key's algorithm (which moves it between the tables), to forget a
+//! key, and to sweep.
 //!
 //! # Bounded memory
 //!
@@ -113,8 +115,8 @@ impl<const N: usize> Key<N> {
 
 /// One key and its state, in one 64-byte cache line: a bucket key up to 46 bytes
 /// with its `TAT`; a `fixed_window` or `sliding_window_counter` key up to 22 bytes
-/// with its state behind a one-byte mutex; a `sliding_window_log` key up to 46
-/// bytes with a pointer to its log. Longer keys live on the heap.
+/// with its state behind a one-byte mutex. Longer keys live on the heap.
+/// (`sliding_window_log` keys are [`LogEntry`]s.)
 ///
 /// `repr(C)` puts each variant's key first, just after the tag, so the key starts
 /// in the first quarter of the line. Comparing a key reads it with vector loads as
@@ -134,20 +136,42 @@ enum Entry {
         key: Key<22>,
         state: Mutex<SlidingWindowCounterState>,
     },
-    /// The log grows with the limit, so it lives on the heap: its mutex, header and
-    /// three newest entries in one 128-byte block, the older entries beyond.
-    Log {
-        key: Key<46>,
-        state: Box<Mutex<SlidingWindowLogState>>,
-    },
 }
 
 const _: () = assert!(std::mem::size_of::<Entry>() == 64);
 
-// A log check reads the entry and this block; one admission in three also writes
-// to the log's older entries. (Aligning the block to 128 bytes measured no faster,
-// and the allocator's alignment leftovers scattered other allocations.)
-const _: () = assert!(std::mem::size_of::<Mutex<SlidingWindowLogState>>() == 128);
+/// A `sliding_window_log` key and its state, in a table of their own: an aligned
+/// pair of cache lines. The first holds the key (inline up to 22 bytes), the mutex
+/// and the log's header, all a check reads; the second the two newest entries
+/// (which an admission writes) and the handle of the older ones, on the heap (which
+/// one admission in two writes).
+#[derive(Debug)]
+#[repr(C, align(128))]
+struct LogEntry {
+    key: Key<22>,
+    state: Mutex<SlidingWindowLogState>,
+}
+
+const _: () = assert!(std::mem::size_of::<LogEntry>() == 128);
+
+impl LogEntry {
+    fn fresh(key: &[u8]) -> LogEntry {
+        LogEntry {
+            key: Key::new(key),
+            state: Mutex::default(),
+        }
+    }
+
+    #[inline]
+    fn key(&self) -> &[u8] {
+        self.key.as_bytes()
+    }
+
+    /// The instant the state is fresh again. Needs `&mut`, so only under a write lock.
+    fn expires(&mut self) -> Nanos {
+        self.state.get_mut().expires()
+    }
+}
 
 /// An entry's state, borrowed for a check.
 #[derive(Clone, Copy)]
@@ -172,31 +196,32 @@ enum WindowGuard<'a> {
 }
 
 impl Entry {
-    fn fresh(key: &[u8], policy: &Policy) -> Entry {
+    /// A fresh entry for `policy`; `None` for `sliding_window_log`, whose keys live
+    /// in their own table.
+    fn fresh(key: &[u8], policy: &Policy) -> Option<Entry> {
         match policy.algorithm() {
-            Algorithm::TokenBucket | Algorithm::Gcra | Algorithm::LeakyBucket => Entry::Bucket {
-                key: Key::new(key),
-                tat: AtomicU64::new(0),
-            },
-            Algorithm::FixedWindow => Entry::Fixed {
-                key: Key::new(key),
-                state: Mutex::default(),
-            },
-            Algorithm::SlidingWindowCounter => Entry::Counter {
+            Algorithm::TokenBucket | Algorithm::Gcra | Algorithm::LeakyBucket => {
+                Some(Entry::Bucket {
+                    key: Key::new(key),
+                    tat: AtomicU64::new(0),
+                })
+            }
+            Algorithm::FixedWindow => Some(Entry::Fixed {
                 key: Key::new(key),
                 state: Mutex::default(),
-            },
-            Algorithm::SlidingWindowLog => Entry::Log {
+            }),
+            Algorithm::SlidingWindowCounter => Some(Entry::Counter {
                 key: Key::new(key),
-                state: Box::default(),
-            },
+                state: Mutex::default(),
+            }),
+            Algorithm::SlidingWindowLog => None,
         }
     }
 
     #[inline]
     fn key(&self) -> &[u8] {
         match self {
-            Entry::Bucket { key, .. } | Entry::Log { key, .. } => key.as_bytes(),
+            Entry::Bucket { key, .. } => key.as_bytes(),
             Entry::Fixed { key, .. } | Entry::Counter { key, .. } => key.as_bytes(),
         }
     }
@@ -213,9 +238,6 @@ impl Entry {
             (Entry::Counter { state, .. }, Algorithm::SlidingWindowCounter) => {
                 Some(Slot::Window(Window::Counter(state)))
             }
-            (Entry::Log { state, .. }, Algorithm::SlidingWindowLog) => {
-                Some(Slot::Window(Window::Log(state)))
-            }
             _ => None,
         }
     }
@@ -226,7 +248,6 @@ impl Entry {
             Entry::Bucket { tat, .. } => Nanos::new(*tat.get_mut()),
             Entry::Fixed { state, .. } => state.get_mut().expires,
             Entry::Counter { state, .. } => state.get_mut().expires,
-            Entry::Log { state, .. } => state.get_mut().expires(),
         }
     }
 }
@@ -285,14 +306,79 @@ fn is(key: &[u8]) -> impl Fn(&Entry) -> bool + '_ {
     move |e| e.key() == key
 }
 
+/// A predicate matching the log entry of `key`.
+#[inline]
+fn is_log(key: &[u8]) -> impl Fn(&LogEntry) -> bool + '_ {
+    move |e| e.key() == key
+}
+
+/// True for the algorithm whose keys live in [`Table::logs`].
+#[inline]
+fn is_log_policy(policy: &Policy) -> bool {
+    policy.algorithm() == Algorithm::SlidingWindowLog
+}
+
 #[derive(Debug)]
 struct Table {
+    /// The keys of every algorithm but `sliding_window_log`.
     map: HashTable<Entry>,
-    /// Sweep when `map.len()` reaches this.
+    /// The keys of `sliding_window_log`. A key is in one table at most.
+    logs: HashTable<LogEntry>,
+    /// Sweep when `len()` reaches this.
     next_sweep: usize,
     /// When this shard was last swept. The next sweep as the store goes drops only
     /// keys that were already fresh then (see `make_room`).
     last_sweep: Nanos,
+}
+
+impl Table {
+    /// Keys held, in both tables.
+    fn len(&self) -> usize {
+        self.map.len() + self.logs.len()
+    }
+
+    /// The state of `key`, if it is held under `policy`'s algorithm (any of the
+    /// bucket family for a bucket); `None` when absent or held under another.
+    #[inline]
+    fn slot(&self, hash: u64, key: &[u8], policy: &Policy) -> Option<Slot<'_>> {
+        if is_log_policy(policy) {
+            self.logs
+                .find(hash, is_log(key))
+                .map(|e| Slot::Window(Window::Log(&e.state)))
+        } else {
+            self.map.find(hash, is(key)).and_then(|e| e.slot(policy))
+        }
+    }
+
+    /// True when `key` is held, under any algorithm.
+    fn contains(&self, hash: u64, key: &[u8]) -> bool {
+        self.map.find(hash, is(key)).is_some() || self.logs.find(hash, is_log(key)).is_some()
+    }
+
+    /// Forgets `key`.
+    fn remove(&mut self, hash: u64, key: &[u8]) {
+        if let Ok(entry) = self.map.find_entry(hash, is(key)) {
+            entry.remove();
+        }
+        if let Ok(entry) = self.logs.find_entry(hash, is_log(key)) {
+            entry.remove();
+        }
+    }
+
+    /// Keeps the keys for which `keep(key, expires)` is true; returns how many it
+    /// dropped.
+    fn retain(&mut self, mut keep: impl FnMut(&[u8], Nanos) -> bool) -> usize {
+        let before = self.len();
+        self.map.retain(|e| {
+            let expires = e.expires();
+            keep(e.key(), expires)
+        });
+        self.logs.retain(|e| {
+            let expires = e.expires();
+            keep(e.key(), expires)
+        });
+        before - self.len()
+    }
 }
 
 /// A shard on a cache line of its own.
@@ -377,6 +463,7 @@ impl MemoryStoreBuilder {
                 .map(|_| {
                     Shard(ShardedLock::new(Table {
                         map: HashTable::new(),
+                        logs: HashTable::new(),
                         next_sweep: MIN_SWEEP.min(per_shard),
                         last_sweep: Nanos::ZERO,
                     }))
@@ -473,15 +560,12 @@ impl<C: Clock> MemoryStore<C> {
     /// Forgets `key`: its next check starts fresh.
     pub fn remove(&self, key: &str) {
         let hash = self.hasher.hash_one(key.as_bytes());
-        let mut table = self.shard(hash).write();
-        if let Ok(entry) = table.map.find_entry(hash, is(key.as_bytes())) {
-            entry.remove();
-        }
+        self.shard(hash).write().remove(hash, key.as_bytes());
     }
 
     /// Keys held now.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.read().map.len()).sum()
+        self.shards.iter().map(|s| s.read().len()).sum()
     }
 
     /// True when no key is held.
@@ -535,11 +619,7 @@ impl<C: Clock> MemoryStore<C> {
         let shard = self.shard(hash);
         let fresh = {
             let table = shard.read();
-            if let Some(slot) = table
-                .map
-                .find(hash, is(key.as_bytes()))
-                .and_then(|e| e.slot(policy))
-            {
+            if let Some(slot) = table.slot(hash, key.as_bytes(), policy) {
                 return slot.check(policy, now, cost, consume);
             }
             // Absent, or last used under another algorithm: as if fresh.
@@ -550,51 +630,48 @@ impl<C: Clock> MemoryStore<C> {
             decision
         };
         let mut table = shard.write();
-        let entry = self.entry_for_write(&mut table, hash, key, policy, now);
-        match entry.slot(policy) {
+        if !table.contains(hash, key.as_bytes()) {
+            self.make_room(&mut table, now, 1, |_| false);
+        }
+        self.insert(&mut table, hash, key, policy);
+        match table.slot(hash, key.as_bytes(), policy) {
             Some(slot) => slot.check(policy, now, cost, true),
-            // `entry_for_write` made the entry fit the policy, so this is not
-            // reached; should it be, answer without consuming rather than panic.
+            // `insert` made the entry fit the policy, so this is not reached; should
+            // it be, answer without consuming rather than panic.
             None => fresh,
         }
     }
 
-    /// The entry of `key` under a write lock, added (or replaced, if of another
-    /// algorithm) as a fresh one, making room first if needed.
-    fn entry_for_write<'t>(
-        &self,
-        table: &'t mut Table,
-        hash: u64,
-        key: &str,
-        policy: &Policy,
-        now: Nanos,
-    ) -> &'t mut Entry {
-        let present = table.map.find(hash, is(key.as_bytes())).is_some();
-        if !present {
-            self.make_room(table, now, 1, |_| false);
-        }
-        self.insert(table, hash, key, policy)
-    }
-
-    /// The entry of `key`, added (or replaced, if of another algorithm) as a fresh
-    /// one. The caller has made room for it.
-    fn insert<'t>(
-        &self,
-        table: &'t mut Table,
-        hash: u64,
-        key: &str,
-        policy: &Policy,
-    ) -> &'t mut Entry {
+    /// Makes `key` held under `policy`'s algorithm: added as a fresh one if absent,
+    /// replaced by a fresh one if held under another algorithm, left as it is
+    /// otherwise. The caller has made room for it.
+    fn insert(&self, table: &mut Table, hash: u64, key: &str, policy: &Policy) {
+        let key = key.as_bytes();
         let hasher = &self.hasher;
-        let entry = table
-            .map
-            .entry(hash, is(key.as_bytes()), |e| hasher.hash_one(e.key()))
-            .or_insert_with(|| Entry::fresh(key.as_bytes(), policy))
-            .into_mut();
-        if entry.slot(policy).is_none() {
-            *entry = Entry::fresh(key.as_bytes(), policy);
+        let Some(fresh) = Entry::fresh(key, policy) else {
+            // sliding_window_log: out of the other table, into its own.
+            if let Ok(entry) = table.map.find_entry(hash, is(key)) {
+                entry.remove();
+            }
+            table
+                .logs
+                .entry(hash, is_log(key), |e| hasher.hash_one(e.key()))
+                .or_insert_with(|| LogEntry::fresh(key));
+            return;
+        };
+        if let Ok(entry) = table.logs.find_entry(hash, is_log(key)) {
+            entry.remove();
         }
-        entry
+        match table.map.entry(hash, is(key), |e| hasher.hash_one(e.key())) {
+            hashbrown::hash_table::Entry::Occupied(mut held) => {
+                if held.get().slot(policy).is_none() {
+                    *held.get_mut() = fresh;
+                }
+            }
+            hashbrown::hash_table::Entry::Vacant(vacant) => {
+                vacant.insert(fresh);
+            }
+        }
     }
 
     /// Before adding `need` keys: sweep when the shard has doubled since its last
@@ -604,7 +681,7 @@ impl<C: Clock> MemoryStore<C> {
     /// and past the cap. A stack adding more keys to one shard than the shard's whole
     /// share takes that shard past its share.
     fn make_room(&self, table: &mut Table, now: Nanos, need: usize, keep: impl Fn(&[u8]) -> bool) {
-        if table.map.len() + need <= table.next_sweep {
+        if table.len() + need <= table.next_sweep {
             return;
         }
         // Second chance: drop the keys that were fresh already at the last sweep
@@ -612,12 +689,12 @@ impl<C: Clock> MemoryStore<C> {
         // likely to come back, and dropping it would only make it be added again.
         let cutoff = std::mem::replace(&mut table.last_sweep, now);
         self.sweep_table(table, cutoff, &keep);
-        let len = table.map.len();
+        let len = table.len();
         if len + need > self.per_shard {
             // An eighth, or what `need` takes.
             self.evict(table, (len / 8 + 1).max(len + need - self.per_shard), &keep);
         }
-        table.next_sweep = (table.map.len() * 2).max(MIN_SWEEP).min(self.per_shard);
+        table.next_sweep = (table.len() * 2).max(MIN_SWEEP).min(self.per_shard);
     }
 
     /// Evicts the `count` keys closest to fresh (or every key, if fewer), sparing
@@ -628,6 +705,13 @@ impl<C: Clock> MemoryStore<C> {
             .iter_mut()
             .filter(|e| !keep(e.key()))
             .map(|e| e.expires())
+            .chain(
+                table
+                    .logs
+                    .iter_mut()
+                    .filter(|e| !keep(e.key()))
+                    .map(|e| e.expires()),
+            )
             .collect();
         let Some(nth) = count.min(expiries.len()).checked_sub(1) else {
             return;
@@ -636,12 +720,10 @@ impl<C: Clock> MemoryStore<C> {
         // Evict exactly nth + 1 keys: all those expiring before the threshold,
         // and as many as are still needed of those expiring at it.
         let mut at_threshold = nth + 1 - below.iter().filter(|&&e| e < threshold).count();
-        let before = table.map.len();
-        table.map.retain(|entry| {
-            if keep(entry.key()) {
+        let evicted = table.retain(|key, e| {
+            if keep(key) {
                 return true;
             }
-            let e = entry.expires();
             if e < threshold {
                 false
             } else if e == threshold && at_threshold > 0 {
@@ -651,14 +733,11 @@ impl<C: Clock> MemoryStore<C> {
                 true
             }
         });
-        self.evicted
-            .fetch_add((before - table.map.len()) as u64, Ordering::Relaxed);
+        self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
     }
 
     fn sweep_table(&self, table: &mut Table, now: Nanos, keep: impl Fn(&[u8]) -> bool) -> usize {
-        let before = table.map.len();
-        table.map.retain(|e| e.expires() > now || keep(e.key()));
-        let dropped = before - table.map.len();
+        let dropped = table.retain(|key, e| e > now || keep(key));
         self.expired.fetch_add(dropped as u64, Ordering::Relaxed);
         dropped
     }
@@ -696,10 +775,7 @@ impl<C: Clock> MemoryStore<C> {
                 .map(|(c, &h)| {
                     let table =
                         &guards[guards.partition_point(|(i, _)| *i < self.shard_index(h))].1;
-                    table
-                        .map
-                        .find(h, is(c.key.as_bytes()))
-                        .and_then(|e| e.slot(c.policy))
+                    table.slot(h, c.key.as_bytes(), c.policy)
                 })
                 .collect();
             if let Some(v) = decide_stack(checks, &slots, now, consume) {
@@ -716,7 +792,7 @@ impl<C: Clock> MemoryStore<C> {
         let mut need: SmallVec<[usize; 4]> = smallvec![0; guards.len()];
         for (c, &h) in checks.iter().zip(&hashes) {
             let pos = guards.partition_point(|(i, _)| *i < self.shard_index(h));
-            if guards[pos].1.map.find(h, is(c.key.as_bytes())).is_none() {
+            if !guards[pos].1.contains(h, c.key.as_bytes()) {
                 need[pos] += 1;
             }
         }
@@ -735,10 +811,7 @@ impl<C: Clock> MemoryStore<C> {
             .zip(&hashes)
             .map(|(c, &h)| {
                 let table = &guards[guards.partition_point(|(i, _)| *i < self.shard_index(h))].1;
-                table
-                    .map
-                    .find(h, is(c.key.as_bytes()))
-                    .and_then(|e| e.slot(c.policy))
+                table.slot(h, c.key.as_bytes(), c.policy)
             })
             .collect();
         // Every slot exists and fits under the write locks, so `None` cannot come

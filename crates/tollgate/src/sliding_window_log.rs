@@ -40,25 +40,24 @@ use crate::nanos::Nanos;
 use crate::policy::Policy;
 
 /// How many of the newest entries a log holds beside its header.
-const PENDING: usize = 3;
+const PENDING: usize = 2;
 
 /// One key's log. The default value is the fresh state.
 ///
 /// The log is `entries` followed by `pending[..npending]`. A new entry goes to
-/// `pending`, in the state itself beside the header, and a full `pending` moves to
-/// `entries` at once, so only one admission in three writes to `entries`' buffer:
-/// the others touch only the state's own memory (in the memory store, one 128-byte
-/// block).
+/// `pending`, in the state itself, and a full `pending` moves to `entries` at once,
+/// so only one admission in two writes to `entries`' buffer: the others touch only
+/// the state's own 96 bytes. The fields are in C order, the header first: what a
+/// check reads is the first 32 bytes (the memory store keeps them in the cache line
+/// of the key and the mutex), what an admission writes next.
 #[derive(Clone, Default)]
+#[repr(C)]
 pub struct SlidingWindowLogState {
-    /// The older `(ts_i, c_i)`, oldest first; instants strictly increasing.
-    entries: VecDeque<(Nanos, u64)>,
-    /// The newest entries, oldest first, all later than those in `entries`.
-    pending: [(Nanos, u64); PENDING],
+    /// Sum of every `c_i` in the log. Each admission leaves it at most the limit, a
+    /// `u32`.
+    total: u32,
     /// How many of `pending` are entries.
     npending: u8,
-    /// Sum of every `c_i` in the log.
-    total: u64,
     /// The latest instant the state was updated at.
     last: Nanos,
     /// `ts_newest + W`: the instant the state is fresh again.
@@ -66,7 +65,13 @@ pub struct SlidingWindowLogState {
     /// `ts` of the oldest entry (when there is one), kept beside the header so that a
     /// check learns that nothing has left the window without reading the entries.
     oldest: Nanos,
+    /// The newest entries, oldest first, all later than those in `entries`.
+    pending: [(Nanos, u64); PENDING],
+    /// The older `(ts_i, c_i)`, oldest first; instants strictly increasing.
+    entries: VecDeque<(Nanos, u64)>,
 }
+
+const _: () = assert!(std::mem::size_of::<SlidingWindowLogState>() == 96);
 
 impl PartialEq for SlidingWindowLogState {
     /// Equal logs hold the same entries, whichever part holds them.
@@ -97,6 +102,20 @@ impl SlidingWindowLogState {
     /// The admitted entries `(ts_i, c_i)` still held, oldest first.
     pub fn entries(&self) -> impl Iterator<Item = (Nanos, u64)> + '_ {
         self.all().copied()
+    }
+
+    /// Sum of every `c_i` in the log.
+    #[inline]
+    fn total(&self) -> u64 {
+        u64::from(self.total)
+    }
+
+    /// Sets the sum of every `c_i`: at most the limit of the policy that admitted the
+    /// latest entry (after an admission `total = used + c <= L`; pruning lowers it).
+    #[inline]
+    fn set_total(&mut self, total: u64) {
+        debug_assert!(total <= u64::from(u32::MAX));
+        self.total = u32::try_from(total).unwrap_or(u32::MAX);
     }
 
     /// The newest entries, those beside the header.
@@ -183,7 +202,7 @@ impl SlidingWindowLogState {
                 return;
             }
             self.entries.pop_front();
-            self.total -= c;
+            self.set_total(self.total() - c);
         }
         if self.entries.capacity() > 64 {
             self.entries = VecDeque::new();
@@ -193,9 +212,8 @@ impl SlidingWindowLogState {
             .iter()
             .take_while(|(ts, _)| ts.saturating_add(w) <= t)
             .count();
-        for &(_, c) in &self.pending[..dead] {
-            self.total -= c;
-        }
+        let gone: u64 = self.pending[..dead].iter().map(|&(_, c)| c).sum();
+        self.set_total(self.total() - gone);
         self.pending.copy_within(dead..n, 0);
         // At most PENDING (3), so it fits in u8.
         self.npending = (n - dead) as u8;
@@ -225,7 +243,7 @@ pub fn check(
     } else {
         0
     };
-    let used = state.total - dead;
+    let used = state.total() - dead;
     let limit = u64::from(policy.limit());
     let c = u64::from(cost.get());
     let mut decision = Decision {
@@ -256,7 +274,7 @@ pub fn check(
                     state.push((t, c));
                 }
             }
-            state.total += c;
+            state.set_total(state.total() + c);
             state.last = t;
             state.expires = t.saturating_add(w);
         }
@@ -313,13 +331,13 @@ mod tests {
             Ok(p) => p,
             Err(e) => panic!("{e}"),
         };
-        // a: 1, 2, 3 beside the header, 4 moves them to the heap; at 101 the entry
-        // at 1 has left the window: heap [2, 3], beside the header [4, 101].
+        // a: 1 and 2 beside the header; 3 moves them to the heap; at 101 the entry
+        // at 1 has left the window: heap [2, 3, 4], beside the header [101].
         let mut a = SlidingWindowLogState::default();
         for t in [1, 2, 3, 4, 101] {
             admit(&p, &mut a, t);
         }
-        // b: heap [2, 3, 4], beside the header [101].
+        // b: heap [2, 3], beside the header [4, 101].
         let mut b = SlidingWindowLogState::default();
         for t in [2, 3, 4, 101] {
             admit(&p, &mut b, t);
