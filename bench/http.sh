@@ -30,8 +30,8 @@ CRAB_PORT=${CRAB_PORT:-3204}
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 1; }
 cargo build --quiet --release -p tollgate-server
 cargo build --quiet --release -p tollgate-tower --example bench_server
-BIN=target/release/tollgate
-HELLO=target/release/examples/bench_server
+BIN=${CARGO_TARGET_DIR:-target}/release/tollgate
+HELLO=${CARGO_TARGET_DIR:-target}/release/examples/bench_server
 
 work=$(mktemp -d)
 pids=()

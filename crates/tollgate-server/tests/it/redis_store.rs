@@ -247,7 +247,17 @@ async fn on_error_modes_while_redis_is_down_and_recovery_without_restart() {
             metrics.contains("tollgate_fallback_active 0"),
             "{mode}: {metrics}"
         );
-        let log: Vec<String> = s.log.try_iter().collect();
+        // The server writes the line before it answers, but the test reads its
+        // stderr on another thread: wait for the line a moment.
+        let mut log: Vec<String> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !log.iter().any(|l| l.contains("answers again")) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match s.log.recv_timeout(left) {
+                Ok(line) => log.push(line),
+                Err(_) => break,
+            }
+        }
         assert!(
             log.iter().any(|l| l.contains("store failed")),
             "{mode}: a log line says the fallback started: {log:?}"
