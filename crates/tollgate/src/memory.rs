@@ -143,22 +143,27 @@ const _: () = assert!(std::mem::size_of::<Entry>() == 64);
 /// A `sliding_window_log` key and its state, in a table of their own: an aligned
 /// pair of cache lines. The first holds the key (inline up to 22 bytes), the mutex
 /// and the log's header, all a check reads; the second the two newest entries
-/// (which an admission writes) and the handle of the older ones, on the heap (which
-/// one admission in two writes).
+/// (which an admission writes), the handle of the older ones, on the heap (which one
+/// admission in two writes), and the key's whole hash. A lookup compares the hash
+/// before the key: the two loads go out together, so the second line arrives with
+/// the first instead of after it (an admission's write to it otherwise made the
+/// mutex's release wait for a second miss).
 #[derive(Debug)]
 #[repr(C, align(128))]
 struct LogEntry {
     key: Key<22>,
     state: Mutex<SlidingWindowLogState>,
+    hash: u64,
 }
 
 const _: () = assert!(std::mem::size_of::<LogEntry>() == 128);
 
 impl LogEntry {
-    fn fresh(key: &[u8]) -> LogEntry {
+    fn fresh(key: &[u8], hash: u64) -> LogEntry {
         LogEntry {
             key: Key::new(key),
             state: Mutex::default(),
+            hash,
         }
     }
 
@@ -306,10 +311,10 @@ fn is(key: &[u8]) -> impl Fn(&Entry) -> bool + '_ {
     move |e| e.key() == key
 }
 
-/// A predicate matching the log entry of `key`.
+/// A predicate matching the log entry of `key`, whose hash is `hash`.
 #[inline]
-fn is_log(key: &[u8]) -> impl Fn(&LogEntry) -> bool + '_ {
-    move |e| e.key() == key
+fn is_log(hash: u64, key: &[u8]) -> impl Fn(&LogEntry) -> bool + '_ {
+    move |e| e.hash == hash && e.key() == key
 }
 
 /// True for the algorithm whose keys live in [`Table::logs`].
@@ -343,7 +348,7 @@ impl Table {
     fn slot(&self, hash: u64, key: &[u8], policy: &Policy) -> Option<Slot<'_>> {
         if is_log_policy(policy) {
             self.logs
-                .find(hash, is_log(key))
+                .find(hash, is_log(hash, key))
                 .map(|e| Slot::Window(Window::Log(&e.state)))
         } else {
             self.map.find(hash, is(key)).and_then(|e| e.slot(policy))
@@ -352,7 +357,7 @@ impl Table {
 
     /// True when `key` is held, under any algorithm.
     fn contains(&self, hash: u64, key: &[u8]) -> bool {
-        self.map.find(hash, is(key)).is_some() || self.logs.find(hash, is_log(key)).is_some()
+        self.map.find(hash, is(key)).is_some() || self.logs.find(hash, is_log(hash, key)).is_some()
     }
 
     /// Forgets `key`.
@@ -360,7 +365,7 @@ impl Table {
         if let Ok(entry) = self.map.find_entry(hash, is(key)) {
             entry.remove();
         }
-        if let Ok(entry) = self.logs.find_entry(hash, is_log(key)) {
+        if let Ok(entry) = self.logs.find_entry(hash, is_log(hash, key)) {
             entry.remove();
         }
     }
@@ -655,11 +660,11 @@ impl<C: Clock> MemoryStore<C> {
             }
             table
                 .logs
-                .entry(hash, is_log(key), |e| hasher.hash_one(e.key()))
-                .or_insert_with(|| LogEntry::fresh(key));
+                .entry(hash, is_log(hash, key), |e| e.hash)
+                .or_insert_with(|| LogEntry::fresh(key, hash));
             return;
         };
-        if let Ok(entry) = table.logs.find_entry(hash, is_log(key)) {
+        if let Ok(entry) = table.logs.find_entry(hash, is_log(hash, key)) {
             entry.remove();
         }
         match table.map.entry(hash, is(key), |e| hasher.hash_one(e.key())) {

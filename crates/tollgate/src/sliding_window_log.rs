@@ -44,12 +44,12 @@ const PENDING: usize = 2;
 
 /// One key's log. The default value is the fresh state.
 ///
-/// The log is `entries` followed by `pending[..npending]`. A new entry goes to
-/// `pending`, in the state itself, and a full `pending` moves to `entries` at once,
-/// so only one admission in two writes to `entries`' buffer: the others touch only
-/// the state's own 96 bytes. The fields are in C order, the header first: what a
-/// check reads is the first 32 bytes (the memory store keeps them in the cache line
-/// of the key and the mutex), what an admission writes next.
+/// The log is `entries` followed by the `npending` pending entries. A new entry is
+/// pending, in the state itself, and when two are pending they move to `entries`
+/// at once, so only one admission in two writes to `entries`' buffer: the others
+/// touch only the state's own 88 bytes. The fields are in C order, the header
+/// first: what a check reads is the first 32 bytes (the memory store keeps them in
+/// the cache line of the key and the mutex), what an admission writes next.
 #[derive(Clone, Default)]
 #[repr(C)]
 pub struct SlidingWindowLogState {
@@ -65,13 +65,23 @@ pub struct SlidingWindowLogState {
     /// `ts` of the oldest entry (when there is one), kept beside the header so that a
     /// check learns that nothing has left the window without reading the entries.
     oldest: Nanos,
-    /// The newest entries, oldest first, all later than those in `entries`.
-    pending: [(Nanos, u64); PENDING],
+    /// `ts_i` of the newest entries, oldest first, all later than those in
+    /// `entries`.
+    pending_ts: [Nanos; PENDING],
+    /// Their `c_i`: each at most the limit that admitted it, so a `u32`.
+    pending_c: [u32; PENDING],
     /// The older `(ts_i, c_i)`, oldest first; instants strictly increasing.
     entries: VecDeque<(Nanos, u64)>,
 }
 
-const _: () = assert!(std::mem::size_of::<SlidingWindowLogState>() == 96);
+const _: () = assert!(std::mem::size_of::<SlidingWindowLogState>() == 88);
+
+/// `c` as a `u32`: counts and totals never pass a policy's limit, a `u32`.
+#[inline]
+fn narrow(c: u64) -> u32 {
+    debug_assert!(c <= u64::from(u32::MAX));
+    u32::try_from(c).unwrap_or(u32::MAX)
+}
 
 impl PartialEq for SlidingWindowLogState {
     /// Equal logs hold the same entries, whichever part holds them.
@@ -101,7 +111,7 @@ impl std::fmt::Debug for SlidingWindowLogState {
 impl SlidingWindowLogState {
     /// The admitted entries `(ts_i, c_i)` still held, oldest first.
     pub fn entries(&self) -> impl Iterator<Item = (Nanos, u64)> + '_ {
-        self.all().copied()
+        self.all()
     }
 
     /// Sum of every `c_i` in the log.
@@ -114,20 +124,22 @@ impl SlidingWindowLogState {
     /// latest entry (after an admission `total = used + c <= L`; pruning lowers it).
     #[inline]
     fn set_total(&mut self, total: u64) {
-        debug_assert!(total <= u64::from(u32::MAX));
-        self.total = u32::try_from(total).unwrap_or(u32::MAX);
+        self.total = narrow(total);
     }
 
-    /// The newest entries, those beside the header.
+    /// The pending entries, oldest first.
     #[inline]
-    fn pending(&self) -> &[(Nanos, u64)] {
-        &self.pending[..usize::from(self.npending)]
+    fn pending(&self) -> impl Iterator<Item = (Nanos, u64)> + '_ {
+        self.pending_ts[..usize::from(self.npending)]
+            .iter()
+            .zip(&self.pending_c)
+            .map(|(&ts, &c)| (ts, u64::from(c)))
     }
 
     /// Every entry, oldest first.
     #[inline]
-    fn all(&self) -> impl Iterator<Item = &(Nanos, u64)> + '_ {
-        self.entries.iter().chain(self.pending())
+    fn all(&self) -> impl Iterator<Item = (Nanos, u64)> + '_ {
+        self.entries.iter().copied().chain(self.pending())
     }
 
     #[inline]
@@ -135,25 +147,33 @@ impl SlidingWindowLogState {
         self.npending == 0 && self.entries.is_empty()
     }
 
-    /// The newest entry.
+    /// Adds `c` to the newest entry (there is one).
     #[inline]
-    fn newest_mut(&mut self) -> Option<&mut (Nanos, u64)> {
+    fn add_to_newest(&mut self, c: u64) {
         match usize::from(self.npending) {
-            0 => self.entries.back_mut(),
-            n => self.pending.get_mut(n - 1),
+            0 => {
+                if let Some((_, n)) = self.entries.back_mut() {
+                    *n += c;
+                }
+            }
+            n => self.pending_c[n - 1] = narrow(u64::from(self.pending_c[n - 1]) + c),
         }
     }
 
     /// Appends an entry later than every one held.
     #[inline]
-    fn push(&mut self, entry: (Nanos, u64)) {
+    fn push(&mut self, ts: Nanos, c: u64) {
         let n = usize::from(self.npending);
         if n < PENDING {
-            self.pending[n] = entry;
+            self.pending_ts[n] = ts;
+            self.pending_c[n] = narrow(c);
             self.npending += 1;
         } else {
-            self.entries.extend(self.pending);
-            self.pending[0] = entry;
+            let moved: [(Nanos, u64); PENDING] =
+                std::array::from_fn(|i| (self.pending_ts[i], u64::from(self.pending_c[i])));
+            self.entries.extend(moved);
+            self.pending_ts[0] = ts;
+            self.pending_c[0] = narrow(c);
             self.npending = 1;
         }
     }
@@ -179,7 +199,7 @@ impl SlidingWindowLogState {
     }
 
     /// `(ts_i, c_i)` of the entries live at `t`, oldest first.
-    fn live(&self, t: Nanos, w: Nanos) -> impl Iterator<Item = &(Nanos, u64)> + '_ {
+    fn live(&self, t: Nanos, w: Nanos) -> impl Iterator<Item = (Nanos, u64)> + '_ {
         self.all()
             .skip_while(move |(ts, _)| ts.saturating_add(w) <= t)
     }
@@ -208,17 +228,18 @@ impl SlidingWindowLogState {
             self.entries = VecDeque::new();
         }
         let n = usize::from(self.npending);
-        let dead = self.pending[..n]
+        let dead = self.pending_ts[..n]
             .iter()
-            .take_while(|(ts, _)| ts.saturating_add(w) <= t)
+            .take_while(|ts| ts.saturating_add(w) <= t)
             .count();
-        let gone: u64 = self.pending[..dead].iter().map(|&(_, c)| c).sum();
+        let gone: u64 = self.pending_c[..dead].iter().map(|&c| u64::from(c)).sum();
         self.set_total(self.total() - gone);
-        self.pending.copy_within(dead..n, 0);
-        // At most PENDING (3), so it fits in u8.
+        self.pending_ts.copy_within(dead..n, 0);
+        self.pending_c.copy_within(dead..n, 0);
+        // At most PENDING (2), so it fits in u8.
         self.npending = (n - dead) as u8;
-        if let Some(&(ts, _)) = self.pending().first() {
-            self.oldest = ts;
+        if self.npending > 0 {
+            self.oldest = self.pending_ts[0];
         }
     }
 }
@@ -238,7 +259,7 @@ pub fn check(
         state
             .all()
             .take_while(|(ts, _)| ts.saturating_add(w) <= t)
-            .map(|&(_, c)| c)
+            .map(|(_, c)| c)
             .sum()
     } else {
         0
@@ -264,15 +285,13 @@ pub fn check(
             state.prune(t, w);
             // The newest entry is at `last`: one admitted at the same instant shares
             // its slot (`last` tells without reading the entries).
-            let same_instant = state.last == t;
-            match state.newest_mut() {
-                Some((_, n)) if same_instant => *n += c,
-                _ => {
-                    if state.is_empty() {
-                        state.oldest = t;
-                    }
-                    state.push((t, c));
+            if !state.is_empty() && state.last == t {
+                state.add_to_newest(c);
+            } else {
+                if state.is_empty() {
+                    state.oldest = t;
                 }
+                state.push(t, c);
             }
             state.set_total(state.total() + c);
             state.last = t;
@@ -286,7 +305,7 @@ pub fn check(
         let need = used + c - limit;
         let mut sum = 0;
         let mut retry = Nanos::ZERO;
-        for &(ts, n) in state.live(t, w) {
+        for (ts, n) in state.live(t, w) {
             sum += n;
             if sum >= need {
                 retry = ts.saturating_add(w).saturating_sub(t);
@@ -306,7 +325,7 @@ pub fn view(policy: &Policy, state: &SlidingWindowLogState, now: Nanos) -> (u64,
     let used: u64 = state
         .all()
         .filter(|(ts, _)| ts.saturating_add(w) > t)
-        .map(|&(_, c)| c)
+        .map(|(_, c)| c)
         .sum();
     (
         u64::from(policy.limit()).saturating_sub(used),
