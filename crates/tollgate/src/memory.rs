@@ -4,9 +4,9 @@
 //!
 //! Keys live in a fixed number of shards, each two hash tables (one for
 //! `sliding_window_log`'s keys, one for the other algorithms') behind a
-//! reader-writer lock; a key's hash picks its shard. A check takes its shard's lock for reading
-//! only, so checks of different keys never wait for each other and there is no
-//! global lock. The lock is crossbeam's `ShardedLock`: a reader locks only its own
+//! reader-writer lock; a key's hash picks its shard. A check takes its shard's lock
+//! for reading only, so checks of different keys never wait for each other and
+//! there is no global lock. The lock is crossbeam's `ShardedLock`: a reader locks only its own
 //! thread's slice of it, so readers on different cores do not pass the lock's cache
 //! line back and forth (with two threads that cut a keyed check by about a tenth);
 //! a writer locks every slice, which costs a new key about 8% more. Each entry of

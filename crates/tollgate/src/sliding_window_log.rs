@@ -56,7 +56,7 @@ pub struct SlidingWindowLogState {
     /// Sum of every `c_i` in the log. Each admission leaves it at most the limit, a
     /// `u32`.
     total: u32,
-    /// How many of `pending` are entries.
+    /// How many of `pending_ts` and `pending_c` hold entries.
     npending: u8,
     /// The latest instant the state was updated at.
     last: Nanos,
