@@ -9,6 +9,7 @@ pub mod app;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod grpc;
 pub mod lab;
 pub mod metrics;
 pub mod proxy;

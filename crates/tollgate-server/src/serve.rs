@@ -2,7 +2,6 @@
 //! or SIGINT, then finish the requests in flight and exit.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,6 +27,7 @@ use crate::app::{AppState, app};
 use crate::backend::Backend;
 use crate::cli::ServeArgs;
 use crate::config::{self, Config, EnvoyConfig, Flags, redact};
+use crate::grpc::{GrpcRoutes, GrpcService};
 
 /// Why the server stopped early.
 #[derive(Debug)]
@@ -332,73 +332,7 @@ async fn grpc_routes(
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    let routes = GrpcRoutes {
-        ratelimit: RateLimitServiceServer::new(limiter),
-        health: health_service,
-    };
-    (routes, health)
-}
-
-/// The gRPC listener's two services, told apart by the path's service name.
-#[derive(Clone)]
-struct GrpcRoutes<H> {
-    ratelimit: RateLimitServiceServer<RateLimiter<Backend>>,
-    health: H,
-}
-
-impl<H> fmt::Debug for GrpcRoutes<H> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("GrpcRoutes")
-    }
-}
-
-type GrpcResponse = http::Response<tonic::body::Body>;
-
-/// A generated gRPC service as hyper serves it (the health service's type).
-trait GrpcService:
-    tonic::codegen::Service<
-        http::Request<Incoming>,
-        Response = GrpcResponse,
-        Error = Infallible,
-        Future = tonic::codegen::BoxFuture<GrpcResponse, Infallible>,
-    > + Send
-    + 'static
-{
-}
-
-impl<T> GrpcService for T where
-    T: tonic::codegen::Service<
-            http::Request<Incoming>,
-            Response = GrpcResponse,
-            Error = Infallible,
-            Future = tonic::codegen::BoxFuture<GrpcResponse, Infallible>,
-        > + Send
-        + 'static
-{
-}
-
-impl<H: GrpcService> tonic::codegen::Service<http::Request<Incoming>> for GrpcRoutes<H> {
-    type Response = GrpcResponse;
-    type Error = Infallible;
-    type Future = tonic::codegen::BoxFuture<GrpcResponse, Infallible>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        // Both generated services are always ready.
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<Incoming>) -> Self::Future {
-        if request.uri().path().starts_with("/grpc.health.v1.Health/") {
-            self.health.call(request)
-        } else {
-            // Any other path, this service's or not: the generated service answers
-            // an unknown method with UNIMPLEMENTED.
-            self.ratelimit.call(request)
-        }
-    }
+    (GrpcRoutes::new(limiter, health_service), health)
 }
 
 /// How long a client has to send a request's headers, counted from when the server

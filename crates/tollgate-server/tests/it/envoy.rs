@@ -768,3 +768,102 @@ async fn http_and_grpc_share_a_counter_through_a_named_policy() {
         assert_eq!(admitted(&mut c, 6, &domain, &[&[("own", &key)]]).await, 5);
     }
 }
+
+/// One raw HTTP/2 call to `ShouldRateLimit` with `body` as sent bytes; the
+/// answer's `grpc-status` (from the trailers, or the headers of a trailers-only
+/// answer).
+async fn raw_call(server: &Server, body: Vec<u8>, encoding: Option<&str>) -> String {
+    use http_body_util::{BodyExt, Full};
+    let url = server.grpc.clone().expect("grpc");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<bytes::Bytes>>();
+    let mut request = http::Request::post(format!(
+        "{url}/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers");
+    if let Some(e) = encoding {
+        request = request.header("grpc-encoding", e);
+    }
+    let request = request
+        .body(Full::new(bytes::Bytes::from(body)))
+        .expect("a request");
+    let response = client.request(request).await.expect("an HTTP/2 answer");
+    assert_eq!(response.status(), 200, "gRPC errors travel as grpc-status");
+    let in_headers = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().expect("ASCII").to_owned());
+    let collected = response.into_body().collect().await.expect("the body");
+    let in_trailers = collected
+        .trailers()
+        .and_then(|t| t.get("grpc-status"))
+        .map(|v| v.to_str().expect("ASCII").to_owned());
+    in_headers
+        .or(in_trailers)
+        .expect("a grpc-status in the headers or the trailers")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_invalid_calls_get_grpc_errors_and_the_service_goes_on() {
+    use prost::Message;
+    let domain = unique("malformed");
+    let file = format!(
+        "domain: {domain}\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: day\n      requests_per_unit: 1000\n"
+    );
+    let (_dir, toml) = setup("malformed", &[("m.yaml", &file)], "url = \"memory://\"");
+    let server = serve(&toml, &[]);
+
+    // No domain: INVALID_ARGUMENT, through the generated client.
+    let mut c = connect(&server).await;
+    let err = c
+        .should_rate_limit(request("", &[&[("k", "v")]], 0))
+        .await
+        .expect_err("a request naming no domain is refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+
+    let good = request(&domain, &[&[("k", "v")]], 0).encode_to_vec();
+    let frame = |flag: u8, len: usize, payload: &[u8]| {
+        let mut b = vec![flag];
+        b.extend_from_slice(&u32::try_from(len).expect("small").to_be_bytes());
+        b.extend_from_slice(payload);
+        b
+    };
+    // A well-formed raw call is OK (grpc-status 0).
+    assert_eq!(
+        raw_call(&server, frame(0, good.len(), &good), None).await,
+        "0"
+    );
+    // Cut short: INTERNAL (13). No message at all: INTERNAL.
+    assert_eq!(
+        raw_call(&server, frame(0, good.len() + 10, &good), None).await,
+        "13"
+    );
+    assert_eq!(raw_call(&server, Vec::new(), None).await, "13");
+    // Two messages in a unary call, a compressed flag with no encoding named:
+    // UNIMPLEMENTED (12).
+    let mut two = frame(0, good.len(), &good);
+    two.extend(frame(0, good.len(), &good));
+    assert_eq!(raw_call(&server, two, None).await, "12");
+    assert_eq!(
+        raw_call(&server, frame(1, good.len(), &good), None).await,
+        "12"
+    );
+    // Not protobuf: INTERNAL.
+    assert_eq!(
+        raw_call(&server, frame(0, 3, b"\xff\xff\xff"), None).await,
+        "13"
+    );
+    // A compression this server does not speak: the generated service's
+    // UNIMPLEMENTED.
+    assert_eq!(
+        raw_call(&server, frame(1, good.len(), &good), Some("gzip")).await,
+        "12"
+    );
+
+    // And the service still decides.
+    let r = ask(&mut c, &domain, &[&[("k", "v")]]).await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(r.statuses[0].limit_remaining, 1000 - 2);
+}
