@@ -86,7 +86,8 @@
 //! `Service::call` and the [`ResponseFuture`] is the inner service's own future;
 //! a store that must wait, a delay or `count_if` take a boxed future. The memory
 //! store (on the system clock or a `ManualClock`) is asked directly, without a
-//! future, and a one-policy layer builds its store key in a per-thread buffer.
+//! future, with the store keys built in per-thread strings reused from request to
+//! request.
 //!
 //! # Requirements
 //!
