@@ -931,7 +931,7 @@ fn small_policy() -> impl Strategy<Value = Policy> {
 }
 
 proptest! {
-    /// The store's entries (keys inline, window states inline, the log boxed, a key
+    /// The store's entries (keys inline, window states inline, the log in its own table, a key
     /// switching algorithm) decide exactly as the pure functions on a `State` per
     /// key: same decisions, field by field, on random traces over three keys and two
     /// policies.
