@@ -19,6 +19,9 @@ use toml::Spanned;
 /// Where the server listens when nothing says otherwise.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8000);
 
+/// The most worker threads `server.workers` may ask for.
+pub const MAX_WORKERS: usize = 1024;
+
 /// The effective configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -32,6 +35,9 @@ pub struct Config {
     pub max_key_len: usize,
     /// Largest request body accepted by the decision API, in bytes.
     pub max_body_bytes: usize,
+    /// Worker threads serving connections; 0 means two per core this process may
+    /// use (see `serve.rs`).
+    pub workers: usize,
     /// The store.
     pub store: StoreConfig,
     /// The named policies.
@@ -303,6 +309,7 @@ struct ServerSection {
     admin_token: Option<String>,
     max_key_len: Option<Spanned<i64>>,
     max_body_bytes: Option<Spanned<i64>>,
+    workers: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -463,6 +470,7 @@ fn from_preset(preset: Preset) -> Config {
         admin_token: None,
         max_key_len: 256,
         max_body_bytes: 64 * 1024,
+        workers: 0,
         store: default_store(url),
         protect: Protect {
             policies: policies.iter().map(|p| p.name.clone()).collect(),
@@ -529,6 +537,10 @@ pub fn from_text(origin: &str, text: &str) -> Result<Config, ConfigError> {
     if let Some(n) = &s.max_key_len {
         config.max_key_len =
             positive(n, 1..=65_536).map_err(|m| src.error("server.max_key_len", n, m))?;
+    }
+    if let Some(n) = &s.workers {
+        config.workers =
+            positive(n, 0..=MAX_WORKERS).map_err(|m| src.error("server.workers", n, m))?;
     }
     if let Some(n) = &s.max_body_bytes {
         config.max_body_bytes = positive(n, 64..=16 * 1024 * 1024)
@@ -911,6 +923,20 @@ fn apply_env(config: &mut Config, env: &BTreeMap<String, String>) -> Result<(), 
             .map_err(|_| env_error("PORT", format!("{port:?} is not a port number")))?;
         config.listen.set_port(port);
     }
+    if let Some(workers) = get("TOLLGATE_WORKERS") {
+        config.workers = workers
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n <= MAX_WORKERS)
+            .ok_or_else(|| {
+                env_error(
+                    "TOLLGATE_WORKERS",
+                    format!(
+                        "{workers:?} is not a number of worker threads from 0 (two per core) to {MAX_WORKERS}"
+                    ),
+                )
+            })?;
+    }
     if let Some(token) = get("TOLLGATE_ADMIN_TOKEN") {
         config.admin_token = Some(token.to_owned());
     }
@@ -1001,7 +1027,8 @@ pub fn render(config: &Config) -> String {
         }
     ));
     out.push_str(&format!("max_key_len = {}\n", config.max_key_len));
-    out.push_str(&format!("max_body_bytes = {}\n\n", config.max_body_bytes));
+    out.push_str(&format!("max_body_bytes = {}\n", config.max_body_bytes));
+    out.push_str(&format!("workers = {}\n\n", config.workers));
     let s = &config.store;
     out.push_str("[store]\n");
     out.push_str(&format!("url = {}\n", q(&redact(&s.url))));
@@ -1382,6 +1409,29 @@ upstream = "http://127.0.0.1:3000/"
         .expect_err("missing dir");
         assert!(e.to_string().contains("cannot read the directory"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn workers_from_the_file_and_the_environment() {
+        assert_eq!(from_text("w.toml", "").expect("valid").workers, 0);
+        let c = from_text("w.toml", "[server]\nworkers = 3\n").expect("valid");
+        assert_eq!(c.workers, 3);
+        let again = from_text("rendered", &render(&c)).expect("the rendering reads back");
+        assert_eq!(again.workers, 3);
+        let e = from_text("w.toml", "[server]\nworkers = -1\n").expect_err("negative");
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("server.workers", Some(2)),
+            "{e}"
+        );
+        let e = from_text("w.toml", "[server]\nworkers = 5000\n").expect_err("too many");
+        assert_eq!(e.field, "server.workers", "{e}");
+        let c = load(&Flags::default(), &env(&[("TOLLGATE_WORKERS", "5")])).expect("valid");
+        assert_eq!(c.workers, 5);
+        for bad in ["many", "-2", "1025"] {
+            let e = load(&Flags::default(), &env(&[("TOLLGATE_WORKERS", bad)])).expect_err(bad);
+            assert_eq!(e.field, "TOLLGATE_WORKERS", "{e}");
+        }
     }
 
     #[test]

@@ -405,3 +405,51 @@ async fn the_protected_api_proxies_to_an_upstream() {
     assert_eq!(r.status(), 429, "the limit applies before the upstream");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The serving line's `workers=` field.
+fn workers_of(serving: &str) -> Option<usize> {
+    serving
+        .split("workers=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test]
+async fn workers_default_to_two_per_core_and_each_serves_its_connections() {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let s = start(&[], &[]);
+    assert_eq!(workers_of(&s.serving), Some(2 * cores), "{}", s.serving);
+    drop(s);
+
+    let s = start(&[], &[("TOLLGATE_WORKERS", "3")]);
+    assert_eq!(workers_of(&s.serving), Some(3), "{}", s.serving);
+    // Nine connections, handed to the three workers in turn, each used for
+    // several requests at once with the others.
+    let mut tasks = Vec::new();
+    for c in 0..9 {
+        let base = s.base.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .expect("a client");
+            let mut statuses = Vec::new();
+            for i in 0..5 {
+                let r = client
+                    .post(format!("{base}/v1/peek"))
+                    .json(&json!({"policy": "per-client", "key": format!("w{c}-{i}")}))
+                    .send()
+                    .await
+                    .expect("an answer");
+                statuses.push(r.status().as_u16());
+            }
+            statuses
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), [200; 5]);
+    }
+}

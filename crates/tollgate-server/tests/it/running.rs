@@ -14,6 +14,8 @@ pub struct Server {
     pub log: mpsc::Receiver<String>,
     /// The gRPC (Envoy rate limit service) address, when `[envoy]` is configured.
     pub grpc: Option<String>,
+    /// The "tollgate is serving" log line.
+    pub serving: String,
 }
 
 impl Drop for Server {
@@ -44,6 +46,7 @@ pub fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
         "TOLLGATE_ENVOY_LISTEN",
         "TOLLGATE_ENVOY_CONFIG_DIR",
         "TOLLGATE_ENVOY_SHADOW_MODE",
+        "TOLLGATE_WORKERS",
     ] {
         cmd.env_remove(var);
     }
@@ -87,6 +90,7 @@ pub fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
                         base: format!("http://{addr}"),
                         log: rx,
                         grpc,
+                        serving: line,
                     };
                 }
                 seen.push(line);
