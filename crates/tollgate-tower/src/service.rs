@@ -268,20 +268,32 @@ mod tests {
     /// `call` made outside a runtime, its future run inside one. The memory store
     /// decides inside `call` (it needs no runtime); see the next test for a store
     /// that is not polled in `call` there.
-    #[test]
-    fn call_outside_a_runtime() {
+    /// A service answering "hi" behind a layer over `store`: one GCRA policy of one
+    /// request per 10 s, one global key.
+    fn one_a_time<S: Store + 'static>(
+        store: S,
+    ) -> impl Service<
+        Request<()>,
+        Response = Response<crate::RateLimitBody<Full<Bytes>>>,
+        Error = Infallible,
+    > {
         let policy = Policy::new(Algorithm::Gcra, 1, Duration::from_secs(10)).expect("policy");
-        let layer = RateLimitLayer::builder(MemoryStore::with_clock(ManualClock::default()))
+        let layer = RateLimitLayer::builder(store)
             .policy("p", policy)
             .key(crate::Key::global())
             .build()
             .expect("layer");
-        let mut service = tower_layer::Layer::layer(
+        tower_layer::Layer::layer(
             &layer,
             tower::service_fn(|_: Request<()>| async {
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hi"))))
             }),
-        );
+        )
+    }
+
+    #[test]
+    fn call_outside_a_runtime() {
+        let mut service = one_a_time(MemoryStore::with_clock(ManualClock::default()));
         let first = service.call(Request::new(()));
         let second = service.call(Request::new(()));
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -330,18 +342,7 @@ mod tests {
     /// there) but in the future, inside the runtime.
     #[test]
     fn call_outside_a_runtime_other_store() {
-        let policy = Policy::new(Algorithm::Gcra, 1, Duration::from_secs(10)).expect("policy");
-        let layer = RateLimitLayer::builder(Other(MemoryStore::with_clock(ManualClock::default())))
-            .policy("p", policy)
-            .key(crate::Key::global())
-            .build()
-            .expect("layer");
-        let mut service = tower_layer::Layer::layer(
-            &layer,
-            tower::service_fn(|_: Request<()>| async {
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hi"))))
-            }),
-        );
+        let mut service = one_a_time(Other(MemoryStore::with_clock(ManualClock::default())));
         let first = service.call(Request::new(()));
         let second = service.call(Request::new(()));
         let rt = tokio::runtime::Builder::new_current_thread()
