@@ -136,15 +136,16 @@ fn worker_count(configured: usize) -> usize {
 ///
 /// # Threads
 ///
-/// Workers (two per core unless `server.workers` says otherwise), each a
-/// single-threaded runtime that owns the connections it is given: a connection's requests are read, decided and answered on one thread,
-/// and a request never wakes another thread (a work-stealing runtime wakes an idle
-/// worker for nearly every request, which on a small machine costs more than the
-/// request itself). The listeners are accepted on the calling runtime, which is
-/// also worker 0, and hand their connections to the workers in turn. The store is
-/// shared by all of them. On shutdown the accept loops stop, each worker lets its
-/// connections finish the request in flight, and `serve` returns once every worker
-/// has.
+/// Workers (two per core unless `server.workers` says otherwise), each a thread
+/// with a single-threaded runtime that owns the connections it is given: a
+/// connection's requests are read, decided and answered on one thread, and a
+/// request never wakes another thread (a work-stealing runtime wakes an idle worker
+/// for nearly every request, which on a small machine costs more than the request
+/// itself). The listeners are accepted on the calling runtime, which serves no
+/// connection, so a burst of new connections is taken off the listen backlog at
+/// once; it hands them to the workers in turn. The store is shared by all of them.
+/// On shutdown the accept loops stop, each worker lets its connections finish the
+/// request in flight, and `serve` returns once every worker has.
 pub async fn serve(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -161,16 +162,15 @@ pub async fn serve(
         None => None,
     };
     let listen = config.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| ServeError::Runtime(format!("cannot listen on {listen}: {e}")))?;
+    let listener =
+        bind(listen).map_err(|e| ServeError::Runtime(format!("cannot listen on {listen}: {e}")))?;
     let local = listener
         .local_addr()
         .map_err(|e| ServeError::Runtime(format!("cannot read the listening address: {e}")))?;
     let grpc_listener = match &config.envoy {
         Some(e) => {
             let at = e.listen;
-            let l = TcpListener::bind(at).await.map_err(|err| {
+            let l = bind(at).map_err(|err| {
                 ServeError::Runtime(format!(
                     "cannot listen on {at} for the Envoy rate limit service: {err}"
                 ))
@@ -209,13 +209,9 @@ pub async fn serve(
         None => (None, None),
     };
 
-    // Worker 0 runs here; the others on threads of their own.
     let mut senders = Vec::with_capacity(workers);
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    senders.push(tx);
-    let first = tokio::spawn(worker(rx, Arc::clone(&state), router.clone(), grpc.clone()));
-    let mut threads = Vec::with_capacity(workers.saturating_sub(1));
-    for i in 1..workers {
+    let mut threads = Vec::with_capacity(workers);
+    for i in 0..workers {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         senders.push(tx);
         let runtime = worker_runtime()?;
@@ -249,9 +245,6 @@ pub async fn serve(
     };
     tokio::join!(http_loop, grpc_loop);
     // Every sender is gone now: each worker drains its connections and returns.
-    if let Err(e) = first.await {
-        tracing::warn!("worker 0 failed: {e}");
-    }
     for thread in threads {
         let name = thread.thread().name().unwrap_or("a worker").to_owned();
         match tokio::task::spawn_blocking(move || thread.join()).await {
@@ -261,6 +254,25 @@ pub async fn serve(
     }
     tracing::info!("tollgate stopped: every request in flight was answered");
     Ok(())
+}
+
+/// Connections the kernel may hold completed but not yet accepted: a burst of new
+/// connections beyond it waits for SYN retransmissions (1 s, 3 s, 7 s...). The
+/// kernel caps it at `net.core.somaxconn` (4096 on current Linux).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` (`SO_REUSEADDR`, as `TcpListener::bind`) with a backlog of
+/// [`LISTEN_BACKLOG`].
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Completes once the shutdown signal has been seen.
