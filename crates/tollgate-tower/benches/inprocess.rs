@@ -12,7 +12,8 @@
 //! isolates the layer from the network stack, with two references: a layer that
 //! does nothing (what axum's `Router::layer` itself costs) and the rate-limit
 //! layer over a store that admits without looking (the layer without the store).
-//! `stacked` is the layer with two policies (per `x-key` and global), one hot key.
+//! `stacked` is the layer with two policies (per `x-key` and global), one hot key;
+//! `peer-ip` the layer keyed by the peer's IPv4 address (the default key).
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -33,7 +34,7 @@ const REQUESTS: u32 = 200_000;
 const ROUNDS: usize = 7;
 
 async fn ns_per_request(app: &mut Router, keys: &[String]) -> f64 {
-    let peer: SocketAddr = ([127, 0, 0, 1], 40_000).into();
+    let peer: SocketAddr = ([203, 0, 113, 77], 40_000).into();
     let start = Instant::now();
     for i in 0..REQUESTS {
         let key = &keys[i as usize % keys.len()];
@@ -118,6 +119,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .build()?,
         )
         .with_state(());
+    let by_peer = hello()
+        .layer(
+            RateLimitLayer::builder(MemoryStore::new())
+                .key(Key::peer_ip())
+                .policy("bench", policy)
+                .build()?,
+        )
+        .with_state(());
     let admit_all = hello()
         .layer(
             RateLimitLayer::builder(AdmitAll)
@@ -136,13 +145,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|i| format!("key-{i}"))
         .collect();
 
-    let scenarios: [(&str, &Router, &[String]); 6] = [
+    let scenarios: [(&str, &Router, &[String]); 7] = [
         ("plain", &plain, &one),
         ("noop-layer", &noop, &one),
         ("admit-all", &admit_all, &one),
         ("one-key", &layered, &one),
         ("100k-keys", &layered, &many),
         ("stacked", &stacked, &one),
+        ("peer-ip", &by_peer, &one),
     ];
     let only: Vec<String> = std::env::args()
         .skip(1)

@@ -80,39 +80,91 @@ pub(crate) fn policy_field<'a>(
 
 /// `"per-client";r=0;t=12, "global";r=14;t=1`: one item per policy, in order.
 ///
-/// Written without `core::fmt`, which costs more than the rest of the field, into
-/// a buffer of the exact length (so that the value takes it over without another
-/// allocation): this runs on every response.
-pub(crate) fn ratelimit_field<'a>(
-    items: impl Iterator<Item = (&'a str, &'a Decision)> + Clone,
-) -> Option<HeaderValue> {
-    // `"` name `";r=` digits `;t=` digits, and `, ` between items.
-    let len: usize = items
-        .clone()
-        .enumerate()
-        .map(|(i, (name, d))| {
-            let comma = if i > 0 { 2 } else { 0 };
-            comma + name.len() + 8 + decimal_len(d.remaining) + decimal_len(item_reset(d))
-        })
-        .sum();
-    let mut out = Vec::with_capacity(len);
-    for (i, (name, d)) in items.enumerate() {
-        if i > 0 {
-            out.extend_from_slice(b", ");
-        }
-        out.push(b'"');
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b"\";r=");
-        push_u64(&mut out, d.remaining);
-        out.extend_from_slice(b";t=");
-        push_u64(&mut out, item_reset(d));
+/// Written without `core::fmt`, which costs more than the rest of the field: back
+/// to front into a buffer on the stack (on the heap only for a stack of many or
+/// long names), so each number's digits go straight to their place, then copied
+/// once into the value. This runs on every response.
+pub(crate) fn ratelimit_field<'a, I>(items: I) -> Option<HeaderValue>
+where
+    I: DoubleEndedIterator<Item = (&'a str, &'a Decision)> + Clone,
+{
+    let most: usize = items.clone().map(|(name, _)| item_max(name)).sum();
+    if most <= FIELD_STACK {
+        let mut stack = [0u8; FIELD_STACK];
+        let start = write_items(&mut stack, items)?;
+        return HeaderValue::from_bytes(stack.get(start..)?).ok();
     }
-    HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
+    let mut heap = vec![0u8; most];
+    let start = write_items(&mut heap, items)?;
+    HeaderValue::from_bytes(heap.get(start..)?).ok()
 }
 
-/// How many decimal digits `n` has.
-fn decimal_len(n: u64) -> usize {
-    n.checked_ilog10().map_or(1, |log| log as usize + 1)
+/// The stack buffer of [`ratelimit_field`]: one item with a name of up to 64
+/// bytes (the longest a layer accepts) and two 20-digit numbers fits.
+const FIELD_STACK: usize = 160;
+
+/// The longest one `RateLimit` item can be: `, "` name `";r=` 20 digits `;t=` 20
+/// digits.
+fn item_max(name: &str) -> usize {
+    3 + name.len() + 4 + 20 + 3 + 20
+}
+
+/// Writes the items so that they end at the end of `out`; returns where they
+/// start, or `None` if `out` is too short (callers make room with [`item_max`]).
+fn write_items<'a>(
+    out: &mut [u8],
+    items: impl DoubleEndedIterator<Item = (&'a str, &'a Decision)>,
+) -> Option<usize> {
+    let mut w = Backwards { at: out.len(), out };
+    let mut items = items.rev().peekable();
+    while let Some((name, d)) = items.next() {
+        w.number(item_reset(d))?;
+        w.put(b";t=")?;
+        w.number(d.remaining)?;
+        w.put(b"\";r=")?;
+        w.put(name.as_bytes())?;
+        w.put(b"\"")?;
+        if items.peek().is_some() {
+            w.put(b", ")?;
+        }
+    }
+    Some(w.at)
+}
+
+/// Writes a byte buffer from its end towards its start.
+struct Backwards<'b> {
+    out: &'b mut [u8],
+    /// Where the bytes written so far start.
+    at: usize,
+}
+
+impl Backwards<'_> {
+    /// Puts `bytes` before what is written.
+    #[inline(always)]
+    fn put(&mut self, bytes: &[u8]) -> Option<()> {
+        let start = self.at.checked_sub(bytes.len())?;
+        self.out.get_mut(start..self.at)?.copy_from_slice(bytes);
+        self.at = start;
+        Some(())
+    }
+
+    /// Puts `n` in decimal before what is written, two digits at a time.
+    #[inline(always)]
+    fn number(&mut self, mut n: u64) -> Option<()> {
+        while n >= 100 {
+            // Below 100, so the cast keeps it whole.
+            let pair = 2 * (n % 100) as usize;
+            n /= 100;
+            self.put(PAIRS.get(pair..pair + 2)?)?;
+        }
+        if n >= 10 {
+            let pair = 2 * n as usize;
+            self.put(PAIRS.get(pair..pair + 2)?)
+        } else {
+            // A single digit.
+            self.put(&[b'0' + n as u8])
+        }
+    }
 }
 
 /// `"00" "01" .. "99"`: two decimal digits at a time.
@@ -127,28 +179,6 @@ const PAIRS: [u8; 200] = {
     }
     table
 };
-
-/// Appends `n` in decimal.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    while n >= 100 {
-        // Below 100, so the cast keeps it whole.
-        let pair = 2 * (n % 100) as usize;
-        n /= 100;
-        at -= 2;
-        digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    }
-    if n >= 10 {
-        let pair = 2 * n as usize;
-        at -= 2;
-        digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    } else {
-        at -= 1;
-        digits[at] = b'0' + n as u8;
-    }
-    out.extend_from_slice(&digits[at..]);
-}
 
 /// The legacy fields, from the reported decision.
 pub(crate) fn legacy_fields(headers: &mut HeaderMap, d: &Decision) {
@@ -288,12 +318,21 @@ mod tests {
         assert_eq!(v.unwrap(), r#""per-client";r=0;t=12, "global";r=14;t=1"#);
     }
 
+    fn decimal(n: u64) -> String {
+        let mut buf = [0u8; 20];
+        let mut w = Backwards {
+            at: 20,
+            out: &mut buf,
+        };
+        w.number(n).unwrap();
+        let start = w.at;
+        String::from_utf8(buf[start..].to_vec()).unwrap()
+    }
+
     #[test]
     fn decimal_digits() {
         for n in [0, 7, 10, 99, 1_000_000_007, u64::MAX] {
-            let mut out = Vec::new();
-            push_u64(&mut out, n);
-            assert_eq!(out, n.to_string().into_bytes());
+            assert_eq!(decimal(n), n.to_string());
         }
     }
 
@@ -302,12 +341,36 @@ mod tests {
         let mut n = 1u64;
         for _ in 0..20 {
             for m in [n - 1, n, n + 1, n.saturating_mul(9)] {
-                let mut out = Vec::new();
-                push_u64(&mut out, m);
-                assert_eq!(out, m.to_string().into_bytes());
-                assert_eq!(decimal_len(m), out.len());
+                assert_eq!(decimal(m), m.to_string());
             }
             n = n.saturating_mul(10);
+        }
+    }
+
+    #[test]
+    fn ratelimit_field_longer_than_the_stack_buffer() {
+        // Names of 64 bytes and the largest numbers: one item fits the stack, the
+        // second spills to the heap, the rest follow there; and a first item that
+        // does not fit at all.
+        let d = Decision {
+            remaining: u64::MAX,
+            reset_after: Nanos::MAX,
+            ..decision(true, 0, 0, None)
+        };
+        let long = "n".repeat(64);
+        let huge = "h".repeat(300);
+        for names in [
+            vec![long.as_str()],
+            vec![long.as_str(), "b", long.as_str(), "d"],
+            vec![huge.as_str(), "x"],
+        ] {
+            let v = ratelimit_field(names.iter().map(|n| (*n, &d))).unwrap();
+            let reset = item_reset(&d);
+            let want: Vec<String> = names
+                .iter()
+                .map(|n| format!("\"{n}\";r={};t={reset}", u64::MAX))
+                .collect();
+            assert_eq!(v, want.join(", ").as_str());
         }
     }
 
