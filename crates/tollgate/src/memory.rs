@@ -16,8 +16,9 @@
 //! behind a one-byte mutex. So a keyed check costs one cache miss, not the two of a
 //! map of `String` keys. A `sliding_window_log` entry is an aligned pair of lines:
 //! the key, the mutex and the log's header in the first, all a check reads; the
-//! two newest log entries and the handle of the older ones (on the heap, written by
-//! one admission in two) in the second. The write lock is taken only to add a key,
+//! five newest log entries and the handles of the older ones (in chunks on the
+//! heap, to which one admission in five moves the five, in a chunk just allocated)
+//! in the second. The write lock is taken only to add a key,
 //! to change a key's algorithm (which moves it between the tables), to forget a
 //! key, and to sweep.
 //!
@@ -142,9 +143,10 @@ const _: () = assert!(std::mem::size_of::<Entry>() == 64);
 
 /// A `sliding_window_log` key and its state, in a table of their own: an aligned
 /// pair of cache lines. The first holds the key (inline up to 22 bytes), the mutex
-/// and the log's header, all a check reads; the second the two newest entries
-/// (which an admission writes), the handle of the older ones, on the heap (which one
-/// admission in two writes), and the key's whole hash. A lookup compares the hash
+/// and the log's header, all a check reads; the second the five newest entries
+/// (which an admission writes), the handles of the older ones, in chunks on the heap
+/// (one admission in five moves the five to a chunk it allocates), and the key's
+/// whole hash. A lookup compares the hash
 /// before the key: the two loads go out together, so the second line arrives with
 /// the first instead of after it (an admission's write to it otherwise made the
 /// mutex's release wait for a second miss).

@@ -32,46 +32,131 @@
 //! # Ok::<(), tollgate::PolicyError>(())
 //! ```
 
-use std::collections::VecDeque;
 use std::num::NonZeroU32;
+
+use smallvec::SmallVec;
 
 use crate::decision::{Decision, DenyReason};
 use crate::nanos::Nanos;
 use crate::policy::Policy;
 
 /// How many of the newest entries a log holds beside its header.
-const PENDING: usize = 2;
+const PENDING: usize = 5;
+/// How many entries a chunk of the older ones holds.
+const CHUNK: usize = 5;
+
+/// Up to [`CHUNK`] older entries, on the heap, in a singly linked list.
+struct Chunk {
+    /// `ts_i`, strictly increasing.
+    ts: [Nanos; CHUNK],
+    /// `c_i`: each at most the limit that admitted it, so a `u32`.
+    c: [u32; CHUNK],
+    /// The first entry still held (pruning moves it forward).
+    start: u8,
+    /// The slots in use.
+    len: u8,
+    /// In the older list, the next newer chunk; in the newer list, the next older.
+    next: Option<Box<Chunk>>,
+}
+
+impl Chunk {
+    #[inline]
+    fn entries(&self) -> impl DoubleEndedIterator<Item = (Nanos, u64)> + '_ {
+        let (start, len) = (usize::from(self.start), usize::from(self.len));
+        self.ts[start..len]
+            .iter()
+            .zip(&self.c[start..len])
+            .map(|(&ts, &c)| (ts, u64::from(c)))
+    }
+}
+
+/// The chunks of a list, first to last.
+#[inline]
+fn chunks(list: &Option<Box<Chunk>>) -> impl Iterator<Item = &Chunk> {
+    std::iter::successors(list.as_deref(), |c| c.next.as_deref())
+}
+
+/// The list in the other order.
+fn reverse(mut list: Option<Box<Chunk>>) -> Option<Box<Chunk>> {
+    let mut reversed = None;
+    while let Some(mut chunk) = list {
+        list = chunk.next.take();
+        chunk.next = reversed;
+        reversed = Some(chunk);
+    }
+    reversed
+}
+
+/// A copy of the list, made without recursion.
+fn clone_list(list: &Option<Box<Chunk>>) -> Option<Box<Chunk>> {
+    let copies: Vec<Box<Chunk>> = chunks(list).map(|c| Box::new(c.clone_head())).collect();
+    let mut out = None;
+    for mut c in copies.into_iter().rev() {
+        c.next = out;
+        out = Some(c);
+    }
+    out
+}
+
+impl Chunk {
+    /// The chunk's own entries, without its successors.
+    fn clone_head(&self) -> Chunk {
+        Chunk {
+            ts: self.ts,
+            c: self.c,
+            start: self.start,
+            len: self.len,
+            next: None,
+        }
+    }
+}
+
+/// Frees a list without recursion (dropping a long chain recursively could overflow
+/// the stack).
+fn free(mut list: Option<Box<Chunk>>) {
+    while let Some(mut chunk) = list {
+        list = chunk.next.take();
+    }
+}
 
 /// One key's log. The default value is the fresh state.
 ///
-/// The log is `entries` followed by the `npending` pending entries. A new entry is
-/// pending, in the state itself, and when two are pending they move to `entries`
-/// at once, so only one admission in two writes to `entries`' buffer: the others
-/// touch only the state's own 88 bytes. The fields are in C order, the header
-/// first: what a check reads is the first 32 bytes (the memory store keeps them in
-/// the cache line of the key and the mutex), what an admission writes next.
-#[derive(Clone, Default)]
+/// The log is the entries of `older` (oldest first), then those of `newer` (held
+/// newest first), then the `npending` pending entries. A new entry is pending, in
+/// the state itself; when five are pending (or the oldest pending one is too
+/// far back to be written as an offset), they move together to a new chunk at the
+/// head of `newer`, freshly allocated: so an admission writes only the state's own
+/// bytes, and one in five writes memory that was just allocated, never an older
+/// part of the log. Pruning takes entries from `older`; when it runs out, `newer`
+/// is reversed into it (each chunk once). A pending entry is held as its offset back
+/// from `last` (the newest entry's instant) in the high 32 bits and its `c_i` in the
+/// low 32.
+///
+/// The fields are in C order, the header first: what a check reads is the first 32
+/// bytes (the memory store keeps them in the cache line of the key and the mutex),
+/// what an admission writes next.
+#[derive(Default)]
 #[repr(C)]
 pub struct SlidingWindowLogState {
     /// Sum of every `c_i` in the log. Each admission leaves it at most the limit, a
     /// `u32`.
     total: u32,
-    /// How many of `pending_ts` and `pending_c` hold entries.
+    /// How many of `pending` hold entries.
     npending: u8,
-    /// The latest instant the state was updated at.
+    /// The latest instant the state was updated at: the newest entry's `ts`.
     last: Nanos,
     /// `ts_newest + W`: the instant the state is fresh again.
     expires: Nanos,
     /// `ts` of the oldest entry (when there is one), kept beside the header so that a
     /// check learns that nothing has left the window without reading the entries.
     oldest: Nanos,
-    /// `ts_i` of the newest entries, oldest first, all later than those in
-    /// `entries`.
-    pending_ts: [Nanos; PENDING],
-    /// Their `c_i`: each at most the limit that admitted it, so a `u32`.
-    pending_c: [u32; PENDING],
-    /// The older `(ts_i, c_i)`, oldest first; instants strictly increasing.
-    entries: VecDeque<(Nanos, u64)>,
+    /// The oldest chunks, oldest first.
+    older: Option<Box<Chunk>>,
+    /// The newer chunks, newest first; all later than those of `older`.
+    newer: Option<Box<Chunk>>,
+    /// The newest entries, oldest first, all later than those in the chunks:
+    /// `(last - ts_i) << 32 | c_i`.
+    pending: [u64; PENDING],
 }
 
 const _: () = assert!(std::mem::size_of::<SlidingWindowLogState>() == 88);
@@ -81,6 +166,28 @@ const _: () = assert!(std::mem::size_of::<SlidingWindowLogState>() == 88);
 fn narrow(c: u64) -> u32 {
     debug_assert!(c <= u64::from(u32::MAX));
     u32::try_from(c).unwrap_or(u32::MAX)
+}
+
+impl Clone for SlidingWindowLogState {
+    fn clone(&self) -> Self {
+        SlidingWindowLogState {
+            total: self.total,
+            npending: self.npending,
+            last: self.last,
+            expires: self.expires,
+            oldest: self.oldest,
+            older: clone_list(&self.older),
+            newer: clone_list(&self.newer),
+            pending: self.pending,
+        }
+    }
+}
+
+impl Drop for SlidingWindowLogState {
+    fn drop(&mut self) {
+        free(self.older.take());
+        free(self.newer.take());
+    }
 }
 
 impl PartialEq for SlidingWindowLogState {
@@ -127,24 +234,43 @@ impl SlidingWindowLogState {
         self.total = narrow(total);
     }
 
+    /// `ts_i` of the pending entry `i`.
+    #[inline]
+    fn pending_ts(&self, i: usize) -> Nanos {
+        self.last.saturating_sub(Nanos::new(self.pending[i] >> 32))
+    }
+
+    /// `c_i` of the pending entry `i`.
+    #[inline]
+    fn pending_c(&self, i: usize) -> u64 {
+        self.pending[i] & u64::from(u32::MAX)
+    }
+
     /// The pending entries, oldest first.
     #[inline]
     fn pending(&self) -> impl Iterator<Item = (Nanos, u64)> + '_ {
-        self.pending_ts[..usize::from(self.npending)]
-            .iter()
-            .zip(&self.pending_c)
-            .map(|(&ts, &c)| (ts, u64::from(c)))
+        (0..usize::from(self.npending)).map(|i| (self.pending_ts(i), self.pending_c(i)))
+    }
+
+    /// The entries of the chunks, oldest first. `newer` is walked only when reached.
+    #[inline]
+    fn chunked(&self) -> impl Iterator<Item = (Nanos, u64)> + '_ {
+        let newer = std::iter::once(()).flat_map(move |()| {
+            let list: SmallVec<[&Chunk; 8]> = chunks(&self.newer).collect();
+            list.into_iter().rev().flat_map(Chunk::entries)
+        });
+        chunks(&self.older).flat_map(Chunk::entries).chain(newer)
     }
 
     /// Every entry, oldest first.
     #[inline]
     fn all(&self) -> impl Iterator<Item = (Nanos, u64)> + '_ {
-        self.entries.iter().copied().chain(self.pending())
+        self.chunked().chain(self.pending())
     }
 
     #[inline]
     fn is_empty(&self) -> bool {
-        self.npending == 0 && self.entries.is_empty()
+        self.npending == 0 && self.older.is_none() && self.newer.is_none()
     }
 
     /// Adds `c` to the newest entry (there is one).
@@ -152,30 +278,69 @@ impl SlidingWindowLogState {
     fn add_to_newest(&mut self, c: u64) {
         match usize::from(self.npending) {
             0 => {
-                if let Some((_, n)) = self.entries.back_mut() {
-                    *n += c;
+                // Not reached: an admission leaves an entry pending, and only an
+                // admission prunes. Kept for a log that ends in a chunk.
+                if self.newer.is_none() {
+                    self.newer = reverse(self.older.take());
+                }
+                if let Some(chunk) = self.newer.as_deref_mut()
+                    && let Some(i) = usize::from(chunk.len).checked_sub(1)
+                {
+                    chunk.c[i] = narrow(u64::from(chunk.c[i]) + c);
                 }
             }
-            n => self.pending_c[n - 1] = narrow(u64::from(self.pending_c[n - 1]) + c),
+            n => self.pending[n - 1] += c,
         }
     }
 
-    /// Appends an entry later than every one held.
-    #[inline]
-    fn push(&mut self, ts: Nanos, c: u64) {
+    /// Moves the pending entries to the head of `newer`: into its first chunk when
+    /// they fit there, else into a new one.
+    #[inline(never)]
+    fn spill(&mut self) {
         let n = usize::from(self.npending);
-        if n < PENDING {
-            self.pending_ts[n] = ts;
-            self.pending_c[n] = narrow(c);
-            self.npending += 1;
-        } else {
-            let moved: [(Nanos, u64); PENDING] =
-                std::array::from_fn(|i| (self.pending_ts[i], u64::from(self.pending_c[i])));
-            self.entries.extend(moved);
-            self.pending_ts[0] = ts;
-            self.pending_c[0] = narrow(c);
-            self.npending = 1;
+        let fits = matches!(&self.newer, Some(c) if usize::from(c.len) + n <= CHUNK);
+        if !fits {
+            let next = self.newer.take();
+            self.newer = Some(Box::new(Chunk {
+                ts: [Nanos::ZERO; CHUNK],
+                c: [0; CHUNK],
+                start: 0,
+                len: 0,
+                next,
+            }));
         }
+        let moved: [(Nanos, u32); PENDING] =
+            std::array::from_fn(|i| (self.pending_ts(i), narrow(self.pending_c(i))));
+        if let Some(chunk) = self.newer.as_deref_mut() {
+            let at = usize::from(chunk.len);
+            for (k, &(ts, c)) in moved[..n].iter().enumerate() {
+                chunk.ts[at + k] = ts;
+                chunk.c[at + k] = c;
+            }
+            // At most CHUNK (5), so it fits in u8.
+            chunk.len = (at + n) as u8;
+        }
+        self.npending = 0;
+    }
+
+    /// Appends an entry at `t`, later than every one held (`t > last`, or the log is
+    /// empty and `t >= last`).
+    #[inline]
+    fn push(&mut self, t: Nanos, c: u64) {
+        let shift = t.saturating_sub(self.last).as_u64();
+        let n = usize::from(self.npending);
+        if n == PENDING
+            || (n > 0 && (self.pending[0] >> 32).saturating_add(shift) > u64::from(u32::MAX))
+        {
+            self.spill();
+        }
+        let n = usize::from(self.npending);
+        for p in &mut self.pending[..n] {
+            *p += shift << 32;
+        }
+        self.pending[n] = u64::from(narrow(c));
+        // At most PENDING (5), so it fits in u8.
+        self.npending = (n + 1) as u8;
     }
 
     /// The instant the state is fresh again: `ts_newest + W`, 0 when never used.
@@ -195,7 +360,7 @@ impl SlidingWindowLogState {
 
     /// Bytes held on the heap by this log.
     pub fn heap_bytes(&self) -> usize {
-        self.entries.capacity() * std::mem::size_of::<(Nanos, u64)>()
+        (chunks(&self.older).count() + chunks(&self.newer).count()) * std::mem::size_of::<Chunk>()
     }
 
     /// `(ts_i, c_i)` of the entries live at `t`, oldest first.
@@ -210,36 +375,49 @@ impl SlidingWindowLogState {
         !self.is_empty() && self.oldest.saturating_add(w) <= t
     }
 
+    /// When `older` is empty, the older entries are in `newer`: reverse it into
+    /// `older`, so the oldest are read first. The entries stay the same.
+    #[inline]
+    fn oldest_first(&mut self) {
+        if self.older.is_none() && self.newer.is_some() {
+            self.older = reverse(self.newer.take());
+        }
+    }
+
     /// Drops the entries that are no longer live at `t`.
     fn prune(&mut self, t: Nanos, w: Nanos) {
         if !self.has_dead(t, w) {
             return;
         }
-        while let Some(&(ts, c)) = self.entries.front() {
-            if ts.saturating_add(w) > t {
-                // The pending entries are later still: all live.
-                self.oldest = ts;
-                return;
+        loop {
+            self.oldest_first();
+            let Some(chunk) = self.older.as_deref_mut() else {
+                break;
+            };
+            while chunk.start < chunk.len {
+                let i = usize::from(chunk.start);
+                if chunk.ts[i].saturating_add(w) > t {
+                    // Everything after it is later still: all live.
+                    self.oldest = chunk.ts[i];
+                    return;
+                }
+                self.total -= chunk.c[i];
+                chunk.start += 1;
             }
-            self.entries.pop_front();
-            self.set_total(self.total() - c);
-        }
-        if self.entries.capacity() > 64 {
-            self.entries = VecDeque::new();
+            let next = chunk.next.take();
+            self.older = next;
         }
         let n = usize::from(self.npending);
-        let dead = self.pending_ts[..n]
-            .iter()
-            .take_while(|ts| ts.saturating_add(w) <= t)
+        let dead = (0..n)
+            .take_while(|&i| self.pending_ts(i).saturating_add(w) <= t)
             .count();
-        let gone: u64 = self.pending_c[..dead].iter().map(|&c| u64::from(c)).sum();
+        let gone: u64 = (0..dead).map(|i| self.pending_c(i)).sum();
         self.set_total(self.total() - gone);
-        self.pending_ts.copy_within(dead..n, 0);
-        self.pending_c.copy_within(dead..n, 0);
-        // At most PENDING (2), so it fits in u8.
+        self.pending.copy_within(dead..n, 0);
+        // At most PENDING (5), so it fits in u8.
         self.npending = (n - dead) as u8;
         if self.npending > 0 {
-            self.oldest = self.pending_ts[0];
+            self.oldest = self.pending_ts(0);
         }
     }
 }
@@ -256,6 +434,7 @@ pub fn check(
     let t = now.max(state.last);
     let w = policy.period();
     let dead: u64 = if state.has_dead(t, w) {
+        state.oldest_first();
         state
             .all()
             .take_while(|(ts, _)| ts.saturating_add(w) <= t)
@@ -350,21 +529,21 @@ mod tests {
             Ok(p) => p,
             Err(e) => panic!("{e}"),
         };
-        // a: 1 and 2 beside the header; 3 moves them to the heap; at 101 the entry
-        // at 1 has left the window: heap [2, 3, 4], beside the header [101].
+        // a: 1 to 5 beside the header; 6 moves them to a chunk; at 101 the entry at
+        // 1 has left the window: chunk [2, 3, 4, 5], beside the header [6, 101].
         let mut a = SlidingWindowLogState::default();
-        for t in [1, 2, 3, 4, 101] {
+        for t in [1, 2, 3, 4, 5, 6, 101] {
             admit(&p, &mut a, t);
         }
-        // b: heap [2, 3], beside the header [4, 101].
+        // b: chunk [2, 3, 4, 5, 6], beside the header [101].
         let mut b = SlidingWindowLogState::default();
-        for t in [2, 3, 4, 101] {
+        for t in [2, 3, 4, 5, 6, 101] {
             admit(&p, &mut b, t);
         }
-        assert_ne!(a.entries.len(), b.entries.len());
+        assert_ne!(a.npending, b.npending);
         assert_eq!(
             a.entries().collect::<Vec<_>>(),
-            [2, 3, 4, 101].map(|t| (Nanos::new(t), 1))
+            [2, 3, 4, 5, 6, 101].map(|t| (Nanos::new(t), 1))
         );
         assert_eq!(a, b);
         assert_eq!(format!("{a:?}"), format!("{b:?}"));
@@ -384,5 +563,140 @@ mod tests {
         assert_eq!(d.remaining, 0);
         assert_eq!(d.retry_after, Some(Nanos::new(91)));
         assert_eq!(a, b);
+    }
+
+    /// The log as ALGORITHMS.md states it: every admitted `(t, c)` in a list,
+    /// nothing dropped.
+    #[derive(Default)]
+    struct Reference {
+        log: Vec<(u64, u64)>,
+        last: u64,
+    }
+
+    impl Reference {
+        fn check(&mut self, p: &Policy, now: u64, c: u64, consume: bool) -> Decision {
+            let t = now.max(self.last);
+            let (w, limit) = (p.period().as_u64(), u64::from(p.limit()));
+            let live: Vec<(u64, u64)> = self
+                .log
+                .iter()
+                .copied()
+                .filter(|&(ts, _)| ts.saturating_add(w) > t)
+                .collect();
+            let used: u64 = live.iter().map(|&(_, c)| c).sum();
+            let newest = self.log.last().map(|&(ts, _)| ts);
+            let mut d = Decision {
+                allowed: false,
+                limit: p.limit(),
+                remaining: limit.saturating_sub(used),
+                reset_after: newest
+                    .map_or(Nanos::ZERO, |ts| Nanos::new((ts + w).saturating_sub(t))),
+                retry_after: None,
+                delay: Nanos::ZERO,
+                reason: Some(DenyReason::CostExceedsCapacity),
+            };
+            if c > limit {
+                return d;
+            }
+            if used + c <= limit {
+                if consume {
+                    self.log.push((t, c));
+                    self.last = t;
+                }
+                d.allowed = true;
+                d.remaining = limit - used - c;
+                d.reset_after = p.period();
+                d.reason = None;
+            } else {
+                let need = used + c - limit;
+                let mut sum = 0;
+                let j = live.iter().find(|&&(_, c)| {
+                    sum += c;
+                    sum >= need
+                });
+                d.retry_after = j.map(|&(ts, _)| Nanos::new(ts + w - t));
+                d.reason = Some(DenyReason::Limited);
+            }
+            d
+        }
+
+        /// The entries still live at the state's own time, merged by instant.
+        fn live(&self, w: u64) -> Vec<(Nanos, u64)> {
+            let mut out: Vec<(Nanos, u64)> = Vec::new();
+            for &(ts, c) in &self.log {
+                if ts.saturating_add(w) <= self.last {
+                    continue;
+                }
+                match out.last_mut() {
+                    Some((prev, n)) if prev.as_u64() == ts => *n += c,
+                    _ => out.push((Nanos::new(ts), c)),
+                }
+            }
+            out
+        }
+    }
+
+    /// Long logs (more entries than the header and several chunks hold), gaps from
+    /// nothing to more than a pending entry's 32-bit offset, denials, peeks and
+    /// instants out of order: every decision and every live entry as the reference.
+    #[test]
+    fn long_logs_match_the_reference() {
+        let mut seed = 0x1065_u64;
+        let mut next = move || {
+            seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = seed;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let big = 1u64 << 33;
+        for (limit, w) in [(40, 1_000), (200, 50_000), (30, 3 * big), (1_000, 40 * big)] {
+            let p = match Policy::new(Algorithm::SlidingWindowLog, limit, Nanos::new(w)) {
+                Ok(p) => p,
+                Err(e) => panic!("{e}"),
+            };
+            let mut state = SlidingWindowLogState::default();
+            let mut reference = Reference::default();
+            let mut now = 1u64 << 40;
+            let mut most_chunks = 0;
+            for step in 0..6_000 {
+                let r = next();
+                let gap = match r % 10 {
+                    0..=2 => 0,
+                    3..=6 => next() % (w / 50 + 2),
+                    7 => next() % (w + 2),
+                    8 => next() % (big + 2),
+                    _ => next() % (w / 4 + 2),
+                };
+                now += gap;
+                // Now and then an instant a little earlier than the last one.
+                let at = if r % 17 == 0 {
+                    now.saturating_sub(next() % (w / 8 + 1))
+                } else {
+                    now
+                };
+                let c = if r % 13 == 0 { next() % 5 + 1 } else { 1 };
+                let consume = r % 11 != 0;
+                let cost = NonZeroU32::new(c as u32).unwrap_or(NonZeroU32::MIN);
+                let before = state.clone();
+                let got = check(&p, &mut state, Nanos::new(at), cost, consume);
+                let want = reference.check(&p, at, c, consume);
+                assert_eq!(got, want, "limit {limit} w {w} step {step}");
+                if !got.allowed || !consume {
+                    assert_eq!(state, before, "step {step}");
+                }
+                let live: Vec<(Nanos, u64)> = state
+                    .entries()
+                    .filter(|(ts, _)| ts.saturating_add(Nanos::new(w)) > state.last)
+                    .collect();
+                assert_eq!(live, reference.live(w), "limit {limit} w {w} step {step}");
+                assert_eq!(state.clone(), state);
+                most_chunks = most_chunks.max(state.heap_bytes() / std::mem::size_of::<Chunk>());
+            }
+            assert!(
+                most_chunks >= 4,
+                "limit {limit} w {w}: {most_chunks} chunks at most"
+            );
+        }
     }
 }
