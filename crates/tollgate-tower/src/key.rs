@@ -462,6 +462,20 @@ mod tests {
     }
 
     #[test]
+    fn header_key_keeps_utf8_and_refuses_other_bytes() {
+        let k = Key::header("x-api-key");
+        let with = |bytes: &[u8]| {
+            let mut req = Request::new(());
+            req.headers_mut()
+                .insert("x-api-key", http::HeaderValue::from_bytes(bytes).unwrap());
+            k.extract(&req.into_parts().0)
+        };
+        assert_eq!(with("café".as_bytes()).unwrap(), "café");
+        assert_eq!(with(b"a\tb c").unwrap(), "a\tb c");
+        assert!(with(b"caf\xe9").is_err());
+    }
+
+    #[test]
     fn no_peer_is_missing_not_a_panic() {
         let (parts, ()) = Request::new(()).into_parts();
         assert!(matches!(
