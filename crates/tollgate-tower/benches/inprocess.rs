@@ -13,8 +13,12 @@
 //! does nothing (what axum's `Router::layer` itself costs) and the rate-limit
 //! layer over a store that admits without looking (the layer without the store).
 //! `stacked` is the layer with two policies (per `x-key` and global), one hot key;
-//! `peer-ip` the layer keyed by the peer's IPv4 address (the default key).
+//! `peer-ip` the layer keyed by the peer's IPv4 address (the default key);
+//! `outer` the one-key layer around the whole router instead of through
+//! `Router::layer` (served with `axum::ServiceExt::into_make_service..`, it spares
+//! the per-route boxing that `Router::layer` adds: compare with `noop-layer`).
 
+use std::convert::Infallible;
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -27,13 +31,34 @@ use http::Request;
 use tollgate::{
     Algorithm, Check, CheckError, Decision, MemoryStore, Nanos, Policy, Store, Verdict,
 };
-use tollgate_tower::{Key, RateLimitLayer};
+use tollgate_tower::{Key, RateLimit, RateLimitLayer};
+use tower::Layer;
 use tower::{Service, ServiceExt};
 
 const REQUESTS: u32 = 200_000;
 const ROUNDS: usize = 7;
 
-async fn ns_per_request(app: &mut Router, keys: &[String]) -> f64 {
+/// What a scenario calls: a router (plain, or with layers inside), or the layer
+/// around a router.
+#[derive(Clone)]
+enum App {
+    Router(Router),
+    Outer(RateLimit<MemoryStore, Router>),
+}
+
+impl App {
+    async fn ns_per_request(&self, keys: &[String]) -> f64 {
+        match self.clone() {
+            App::Router(mut app) => ns_per_request(&mut app, keys).await,
+            App::Outer(mut app) => ns_per_request(&mut app, keys).await,
+        }
+    }
+}
+
+async fn ns_per_request<S>(app: &mut S, keys: &[String]) -> f64
+where
+    S: Service<Request<Body>, Error = Infallible>,
+{
     let peer: SocketAddr = ([203, 0, 113, 77], 40_000).into();
     let start = Instant::now();
     for i in 0..REQUESTS {
@@ -43,7 +68,7 @@ async fn ns_per_request(app: &mut Router, keys: &[String]) -> f64 {
             .body(Body::empty())
             .expect("a valid request");
         req.extensions_mut().insert(ConnectInfo(peer));
-        let ready = <Router as ServiceExt<Request<Body>>>::ready(app)
+        let ready = ServiceExt::<Request<Body>>::ready(app)
             .await
             .expect("a router is always ready");
         black_box(ready.call(req).await.expect("infallible"));
@@ -106,6 +131,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .build()
     };
     let layered = hello().layer(layer(MemoryStore::new())?).with_state(());
+    let outer = App::Outer(layer(MemoryStore::new())?.layer(hello().with_state(())));
     let noop = hello()
         .layer(tower::util::MapRequestLayer::new(|r: Request<Body>| r))
         .with_state(());
@@ -145,7 +171,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|i| format!("key-{i}"))
         .collect();
 
-    let scenarios: [(&str, &Router, &[String]); 7] = [
+    let [plain, noop, admit_all, layered, stacked, by_peer] =
+        [plain, noop, admit_all, layered, stacked, by_peer].map(App::Router);
+    let scenarios: [(&str, &App, &[String]); 8] = [
         ("plain", &plain, &one),
         ("noop-layer", &noop, &one),
         ("admit-all", &admit_all, &one),
@@ -153,6 +181,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("100k-keys", &layered, &many),
         ("stacked", &stacked, &one),
         ("peer-ip", &by_peer, &one),
+        ("outer", &outer, &one),
     ];
     let only: Vec<String> = std::env::args()
         .skip(1)
@@ -160,7 +189,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     if !only.is_empty() {
         for (name, app, keys) in scenarios.iter().filter(|s| only.iter().any(|o| o == s.0)) {
-            let ns = ns_per_request(&mut (*app).clone(), keys).await;
+            let ns = app.ns_per_request(keys).await;
             println!("{name:10} {ns:6.0} ns/request");
         }
         return Ok(());
@@ -168,7 +197,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len()];
     for _ in 0..ROUNDS {
         for (i, (_, app, keys)) in scenarios.iter().enumerate() {
-            results[i].push(ns_per_request(&mut (*app).clone(), keys).await);
+            results[i].push(app.ns_per_request(keys).await);
         }
     }
     let base = median(results[0].clone());
