@@ -15,6 +15,7 @@ COPY --from=build /usr/local/bin/tollgate /usr/local/bin/tollgate
 USER tollgate
 # Inside a container the server must listen on every interface, not loopback.
 ENV TOLLGATE_LISTEN=0.0.0.0:8000
-EXPOSE 8000
+# 8081: the Envoy rate limit service (gRPC), off unless configured.
+EXPOSE 8000 8081
 ENTRYPOINT ["/usr/local/bin/tollgate"]
 CMD ["serve"]

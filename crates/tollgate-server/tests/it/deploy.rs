@@ -40,7 +40,7 @@ fn the_dockerfile_builds_in_two_stages_and_listens_on_every_interface() {
         text.contains("ENV TOLLGATE_LISTEN=0.0.0.0:8000"),
         "binds 0.0.0.0 inside the container"
     );
-    assert!(text.contains("EXPOSE 8000"));
+    assert!(text.contains("EXPOSE 8000 8081"), "the HTTP and gRPC ports");
     assert!(text.contains("cargo build --release --locked -p tollgate-server"));
 }
 
@@ -70,7 +70,36 @@ fn compose_runs_two_nodes_on_one_redis() {
             "{node} maps the listening port: {port}"
         );
         assert_eq!(services[node]["build"]["dockerfile"], "Dockerfile");
+        // The Envoy rate limit service, with the rules of deploy/ratelimit/.
+        assert_eq!(env["TOLLGATE_ENVOY_LISTEN"], "0.0.0.0:8081", "{node}");
+        let dir = env["TOLLGATE_ENVOY_CONFIG_DIR"]
+            .as_str()
+            .expect("a rules dir");
+        let volume = services[node]["volumes"][0].as_str().expect("a volume");
+        assert_eq!(volume, format!("./deploy/ratelimit:{dir}:ro"), "{node}");
+        let grpc = services[node]["ports"][1]
+            .as_str()
+            .expect("a gRPC port mapping");
+        assert!(grpc.ends_with(":8081"), "{node} maps the gRPC port: {grpc}");
     }
+    // The rules load: check-config reads them through an [envoy] section naming
+    // the directory compose mounts (the TOLLGATE_ENVOY_* variables set the same
+    // fields; config.rs tests them).
+    let rules = repo("deploy/ratelimit");
+    let conf = crate::common::scratch_file(
+        "compose.toml",
+        format!(
+            "[envoy]\nlisten = \"0.0.0.0:8081\"\nconfig_dir = \"{}\"\n",
+            rules.display()
+        )
+        .as_bytes(),
+    );
+    let run = crate::common::tollgate(&["check-config", conf.to_str().expect("path")], "");
+    assert_eq!(run.status, 0, "the rules of deploy/ratelimit load: {run:?}");
+    assert!(
+        run.stdout.contains("# domain \"edge\": 2 rate limits"),
+        "{run:?}"
+    );
 }
 
 #[tokio::test]
@@ -81,9 +110,40 @@ async fn kubernetes_probes_and_ports_match_the_server() {
             .find(|d| d["kind"] == k)
             .unwrap_or_else(|| panic!("no {k}"))
     };
-    let toml = kind("ConfigMap")["data"]["tollgate.toml"]
+    let map = |name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no ConfigMap {name}"))
+    };
+    let toml = map("tollgate")["data"]["tollgate.toml"]
         .as_str()
         .expect("tollgate.toml in the ConfigMap");
+    // The rules ConfigMap's files, where the configuration reads them: a scratch
+    // directory stands for its mount.
+    let container = &kind("Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .and_then(|m| m.iter().find(|v| v["name"] == "ratelimit"))
+        .and_then(|v| v["mountPath"].as_str())
+        .expect("the rules are mounted");
+    assert!(
+        toml.contains(&format!("config_dir = \"{mount}\"")),
+        "the configuration reads the mounted rules"
+    );
+    let rules = crate::common::scratch_file("k8s-ratelimit", b"");
+    std::fs::remove_file(&rules).expect("a name for the directory");
+    std::fs::create_dir(&rules).expect("rules dir");
+    let files = map("tollgate-ratelimit")["data"]
+        .as_mapping()
+        .expect("rule files");
+    assert!(!files.is_empty());
+    for (name, text) in files {
+        let (Some(name), Some(text)) = (name.as_str(), text.as_str()) else {
+            panic!("a rule file's name and text are strings");
+        };
+        std::fs::write(rules.join(name), text).expect("write a rule file");
+    }
+    let toml = toml.replace(mount, rules.to_str().expect("path"));
     let conf = crate::common::scratch_file("k8s.toml", toml.as_bytes());
     let run = crate::common::tollgate(&["check-config", conf.to_str().expect("path")], "");
     assert_eq!(
@@ -92,8 +152,12 @@ async fn kubernetes_probes_and_ports_match_the_server() {
     );
     assert!(run.stdout.contains("listen = \"0.0.0.0:8000\""), "{run:?}");
 
-    let container = &kind("Deployment")["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["ports"][0]["containerPort"], 8000);
+    assert_eq!(container["ports"][1]["containerPort"], 8081);
+    assert!(
+        toml.contains("listen = \"0.0.0.0:8081\""),
+        "the gRPC listener"
+    );
     assert_eq!(container["args"][2], "/etc/tollgate/tollgate.toml");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
@@ -101,6 +165,7 @@ async fn kubernetes_probes_and_ports_match_the_server() {
         assert_eq!(container[probe]["httpGet"]["port"], 8000, "{probe}");
     }
     assert_eq!(kind("Service")["spec"]["ports"][0]["targetPort"], 8000);
+    assert_eq!(kind("Service")["spec"]["ports"][1]["targetPort"], 8081);
 
     // And the probe paths answer 200 on a running server.
     let s = start(&[], &[]);
