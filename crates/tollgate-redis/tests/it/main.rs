@@ -4,6 +4,7 @@
 //! `redis://127.0.0.1:6379`) and fail, saying how to get one, when no Redis answers
 //! there. The cluster tests start their own nodes from `redis-server`.
 
+mod batching;
 mod cluster;
 mod common;
 mod conformance;
