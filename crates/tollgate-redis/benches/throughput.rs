@@ -2,7 +2,10 @@
 //! (one key, and 100,000 keys in random order) beside `redis-benchmark` running a
 //! minimal GCRA script (`benches/gcra_min.lua`: TIME, GET, SET PX) and tollgate's
 //! own script, and beside bare EVALSHA calls through redis-rs and fred (how the client
-//! crate was chosen). Only the ratios of one run mean anything.
+//! crate was chosen). Only the ratios of one run mean anything. Beside each rate it
+//! prints the CPU time per call of the client (this process, or redis-benchmark)
+//! and of Redis (from `INFO cpu`): on a shared machine these say more than the
+//! rates.
 //!
 //! ```text
 //! cargo bench -p tollgate-redis --bench throughput
@@ -11,7 +14,10 @@
 //! Environment: `TOLLGATE_BENCH_REDIS_URL` (default `redis://127.0.0.1:6379`),
 //! `TOLLGATE_BENCH_N` checks per measurement (default 200000), `TOLLGATE_BENCH_ROUNDS`
 //! (default 3), `TOLLGATE_BENCH_CONNECTIONS` (default 2), `TOLLGATE_BENCH_WORKERS`
-//! (tokio worker threads, default 2).
+//! (default 1: one thread with a current-thread runtime, as each of the server's
+//! workers, and as redis-benchmark's one event loop; 2 or more: tokio's
+//! work-stealing runtime with that many threads). `TOLLGATE_BENCH_ONLY=store` runs
+//! the store alone once (for `perf` and `valgrind`).
 
 use std::future::Future;
 use std::process::Command;
@@ -192,14 +198,33 @@ async fn fred_rate(
     .await
 }
 
-/// CPU time this process has used, in seconds (user + system), from /proc.
-fn cpu_seconds() -> f64 {
+/// CPU time this process has used (user + system) and its waited-for children have
+/// used, in seconds, from /proc.
+fn cpu_seconds() -> (f64, f64) {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the ')'.
-    (ticks(11) + ticks(12)) / 100.0
+    // Fields 14 to 17 (utime, stime, cutime, cstime) are the 12th to 15th after the ')'.
+    (
+        (ticks(11) + ticks(12)) / 100.0,
+        (ticks(13) + ticks(14)) / 100.0,
+    )
+}
+
+/// CPU time Redis has used (user + system), in seconds, from INFO.
+async fn redis_cpu(conn: &redis::aio::ConnectionManager) -> f64 {
+    let mut conn = conn.clone();
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    info.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| *k == "used_cpu_sys" || *k == "used_cpu_user")
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .sum()
 }
 
 /// The name of the `tollgate_…` library in a FUNCTION LIST answer.
@@ -239,10 +264,18 @@ fn main() {
         .unwrap_or("127.0.0.1:6379");
     let (host, port) = hostport.split_once(':').unwrap_or((hostport, "6379"));
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let workers: usize = env("TOLLGATE_BENCH_WORKERS", 1);
+    let rt = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    }
+    .expect("runtime");
     rt.block_on(async {
         let client = redis::Client::open(url.as_str()).expect("url");
         let conn = client.get_connection_manager().await.expect("a Redis to bench against");
@@ -290,45 +323,56 @@ fn main() {
             "fred EVALSHA minimal script, 64 in flight, 100k keys",
             "redis-rs FCALL tollgate's function, 64 in flight, 100k keys",
         ];
-        let mut cpu: Vec<f64> = vec![0.0; names.len()];
+        // Client CPU (this process, or redis-benchmark) and Redis CPU, summed over rounds.
+        let mut cpu: Vec<(f64, f64)> = vec![(0.0, 0.0); names.len()];
         let mut results: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
         if std::env::var("TOLLGATE_BENCH_ONLY").as_deref() == Ok("store") {
             // For profiling the store alone: `perf record` this.
+            let (c, r) = (cpu_seconds().0, redis_cpu(&conn).await);
             let rate = store_rate(&store, many.clone(), n).await;
-            println!("{rate:.0} /s  tollgate store, 64 in flight, 100k keys");
+            let (c, r) = (cpu_seconds().0 - c, redis_cpu(&conn).await - r);
+            println!(
+                "{rate:.0} /s  tollgate store, 64 in flight, 100k keys  (client CPU {:.2} us, Redis CPU {:.2} us per call)",
+                c / n as f64 * 1e6,
+                r / n as f64 * 1e6
+            );
             return;
         }
         for round in 0..rounds {
             eprintln!("round {}/{rounds}", round + 1);
-            results[0].push(rb(16, &min_sha, false, true));
-            results[1].push(rb(1, &min_sha, false, true));
-            results[2].push(rb(16, &tg_function, true, true));
-            results[3].push(rb(16, &min_sha, false, false));
-            let c = cpu_seconds();
-            results[4].push(store_rate(&store, many.clone(), n).await);
-            cpu[4] += cpu_seconds() - c;
-            let c = cpu_seconds();
-            results[5].push(store_rate(&store, one.clone(), n).await);
-            cpu[5] += cpu_seconds() - c;
-            let c = cpu_seconds();
-            results[6].push(redis_rs_rate(&conn, &min_sha, raw_many.clone(), n).await);
-            cpu[6] += cpu_seconds() - c;
-            let c = cpu_seconds();
-            results[7].push(fred_rate(&fred, &min_sha, raw_many.clone(), n).await);
-            cpu[7] += cpu_seconds() - c;
-            let c = cpu_seconds();
-            results[8].push(redis_rs_fcall_rate(&conn, &tg_function, many.clone(), n).await);
-            cpu[8] += cpu_seconds() - c;
+            for (i, subject) in names.iter().enumerate() {
+                let (c, r) = (cpu_seconds(), redis_cpu(&conn).await);
+                let got = match i {
+                    0 => rb(16, &min_sha, false, true),
+                    1 => rb(1, &min_sha, false, true),
+                    2 => rb(16, &tg_function, true, true),
+                    3 => rb(16, &min_sha, false, false),
+                    4 => store_rate(&store, many.clone(), n).await,
+                    5 => store_rate(&store, one.clone(), n).await,
+                    6 => redis_rs_rate(&conn, &min_sha, raw_many.clone(), n).await,
+                    7 => fred_rate(&fred, &min_sha, raw_many.clone(), n).await,
+                    8 => redis_rs_fcall_rate(&conn, &tg_function, many.clone(), n).await,
+                    _ => unreachable!("{subject}"),
+                };
+                let (c2, r2) = (cpu_seconds(), redis_cpu(&conn).await);
+                // redis-benchmark is a waited-for child; the others run in this process.
+                let client = if i < 4 { c2.1 - c.1 } else { c2.0 - c.0 };
+                cpu[i].0 += client;
+                cpu[i].1 += r2 - r;
+                results[i].push(got);
+            }
         }
         let m: Vec<f64> = results.iter_mut().map(|r| median(r)).collect();
-        println!("median of {rounds} rounds, {n} calls each, {IN_FLIGHT} in flight ({connections} store connections)");
+        let runtime = if workers <= 1 { "current-thread runtime".to_owned() } else { format!("work-stealing runtime, {workers} threads") };
+        println!("median of {rounds} rounds, {n} calls each, {IN_FLIGHT} in flight ({connections} store connections, {runtime})");
+        println!("{:>12}     {:>7} {:>7}  (CPU us per call)", "calls", "client", "Redis");
         for (i, (name, rate)) in names.iter().zip(&m).enumerate() {
-            if cpu[i] > 0.0 {
-                let per_call = cpu[i] / (rounds * n) as f64 * 1e6;
-                println!("{rate:>12.0} /s  {name}  (client CPU {per_call:.1} us per call)");
-            } else {
-                println!("{rate:>12.0} /s  {name}");
-            }
+            let per_call = |t: f64| t / (rounds * n) as f64 * 1e6;
+            println!(
+                "{rate:>12.0} /s  {:>7.2} {:>7.2}  {name}",
+                per_call(cpu[i].0),
+                per_call(cpu[i].1)
+            );
         }
         println!();
         println!("ratios (same run):");
