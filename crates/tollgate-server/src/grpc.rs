@@ -28,7 +28,7 @@ use tollgate_envoy::proto::RateLimitRequest;
 use tollgate_envoy::proto::rate_limit_service_server::RateLimitServiceServer;
 use tonic::Status;
 
-use crate::backend::Backend;
+use crate::backend::Guarded;
 
 /// The path of `ShouldRateLimit`.
 pub const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
@@ -65,14 +65,14 @@ impl<T> GrpcService for T where
 /// The gRPC listener's services.
 #[derive(Clone)]
 pub struct GrpcRoutes<H> {
-    limiter: Arc<RateLimiter<Backend>>,
-    ratelimit: RateLimitServiceServer<RateLimiter<Backend>>,
+    limiter: Arc<RateLimiter<Guarded>>,
+    ratelimit: RateLimitServiceServer<RateLimiter<Guarded>>,
     health: H,
 }
 
 impl<H> GrpcRoutes<H> {
     /// Routes to `limiter` and to the health service `health`.
-    pub fn new(limiter: RateLimiter<Backend>, health: H) -> GrpcRoutes<H> {
+    pub fn new(limiter: RateLimiter<Guarded>, health: H) -> GrpcRoutes<H> {
         let limiter = Arc::new(limiter);
         GrpcRoutes {
             ratelimit: RateLimitServiceServer::from_arc(Arc::clone(&limiter)),
@@ -127,7 +127,7 @@ fn takes(headers: &HeaderMap) -> bool {
 }
 
 /// `ShouldRateLimit`: one message in, one decision out.
-pub async fn unary<B>(limiter: &RateLimiter<Backend>, body: B) -> GrpcResponse
+pub async fn unary<B>(limiter: &RateLimiter<Guarded>, body: B) -> GrpcResponse
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,

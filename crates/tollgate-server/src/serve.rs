@@ -24,7 +24,7 @@ use tollgate_redis::RedisStore;
 
 use crate::api;
 use crate::app::{AppState, app};
-use crate::backend::Backend;
+use crate::backend::{Backend, Guarded};
 use crate::cli::ServeArgs;
 use crate::config::{self, Config, EnvoyConfig, Flags, redact};
 use crate::grpc::{GrpcRoutes, GrpcService};
@@ -240,7 +240,7 @@ pub async fn serve(
                     .set_service_status("", tonic_health::ServingStatus::NotServing)
                     .await;
                 health
-                    .set_not_serving::<RateLimitServiceServer<RateLimiter<Backend>>>()
+                    .set_not_serving::<RateLimitServiceServer<RateLimiter<Guarded>>>()
                     .await;
             }
         }
@@ -333,6 +333,9 @@ fn envoy_rules(
 /// and the standard gRPC health service (reporting serving), and the health
 /// service's reporter, which says not serving once the listener stops.
 ///
+/// The rate limit service decides with the backend through [`Guarded`], so a store
+/// failure follows `on_error` as on the HTTP APIs.
+///
 /// They are tonic's generated services, served over HTTP/2 by hyper directly with a
 /// two-way path match ([`GrpcRoutes`]), not by tonic's `Server`, whose router and
 /// per-request layers (an axum `Router`, connect-info, tracing) this listener does
@@ -345,12 +348,19 @@ async fn grpc_routes(
     GrpcRoutes<impl GrpcService + Clone + use<>>,
     tonic_health::server::HealthReporter,
 ) {
-    let limiter = RateLimiter::new(Arc::clone(&state.backend), envoy.rules, envoy.metrics)
+    // The store with on_error applied, drawing on the local limiter the HTTP APIs use.
+    let store = Guarded::new(
+        Arc::clone(&state.backend),
+        Arc::clone(&state.local),
+        state.config.store.on_error,
+        state.config.store.nodes,
+    );
+    let limiter = RateLimiter::new(Arc::new(store), envoy.rules, envoy.metrics)
         .shadow_mode(envoy.shadow_mode)
         .options(envoy.options);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
-        .set_serving::<RateLimitServiceServer<RateLimiter<Backend>>>()
+        .set_serving::<RateLimitServiceServer<RateLimiter<Guarded>>>()
         .await;
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)

@@ -867,3 +867,98 @@ async fn malformed_and_invalid_calls_get_grpc_errors_and_the_service_goes_on() {
     assert_eq!(r.overall_code, Code::Ok as i32);
     assert_eq!(r.statuses[0].limit_remaining, 1000 - 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_error_decides_while_redis_is_down_and_redis_again_once_it_is_back() {
+    let mut redis = crate::harness::PrivateRedis::start();
+    let domain = unique("onerror");
+    // gcra, 4 an hour with a burst of 4: nothing refills while the test runs, and
+    // this node's local share is 4 / 2 nodes = 2.
+    let file = format!(
+        "domain: {domain}\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: hour\n      requests_per_unit: 4\n      algorithm: gcra\n"
+    );
+    let mut servers = Vec::new();
+    for mode in ["deny", "allow", "local"] {
+        let store = format!(
+            "url = \"redis://127.0.0.1:{}\"\non_error = \"{mode}\"\ntimeout = \"200ms\"\nnodes = 2",
+            redis.port
+        );
+        let (_dir, toml) = setup(&format!("onerror-{mode}"), &[("o.yaml", &file)], &store);
+        let server = serve(&toml, &[]);
+        let c = connect(&server).await;
+        servers.push((mode, server, c));
+    }
+    // The three servers share one Redis: each counts on keys of its own.
+    let d = domain.as_str();
+    for (mode, _, c) in &mut servers {
+        assert_eq!(
+            admitted(c, 5, d, &[&[("k", &format!("before-{mode}"))]]).await,
+            4,
+            "{mode}: Redis decides, the whole limit"
+        );
+    }
+
+    redis.kill();
+    for (mode, server, c) in &mut servers {
+        let mut codes = Vec::new();
+        for _ in 0..4 {
+            let r = ask(c, d, &[&[("k", &format!("down-{mode}"))]]).await;
+            assert_eq!(r.overall_code, r.statuses[0].code, "{mode}");
+            codes.push(code(&r, 0));
+            let s = &r.statuses[0];
+            let limit = s.current_limit.as_ref().map(|l| l.requests_per_unit);
+            assert_eq!(limit, Some(4), "{mode}: the rule's limit");
+            match *mode {
+                "deny" => {
+                    assert_eq!(s.limit_remaining, 0, "{mode}");
+                    let reset = s.duration_until_reset.expect("duration_until_reset");
+                    assert_eq!((reset.seconds, reset.nanos), (1, 0), "{mode}: retry soon");
+                }
+                "allow" => assert_eq!(s.limit_remaining, 4, "{mode}: nothing counted"),
+                _ => {}
+            }
+        }
+        let (ok, over) = (Code::Ok, Code::OverLimit);
+        match *mode {
+            "deny" => assert_eq!(
+                codes,
+                [over, over, over, over],
+                "whatever failure_mode_deny"
+            ),
+            "allow" => assert_eq!(codes, [ok, ok, ok, ok]),
+            _ => assert_eq!(codes, [ok, ok, over, over], "this node's share: 4 / 2"),
+        }
+        let metrics = client()
+            .get(format!("{}/metrics", server.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        assert!(
+            metrics.contains("tollgate_fallback_active 1"),
+            "{mode}: {metrics}"
+        );
+    }
+
+    redis.restart();
+    for (mode, _, c) in &mut servers {
+        // A fresh key each try: Redis answers 3 left of 4 after the first call; the
+        // fallbacks answer OVER_LIMIT (deny), 4 (allow) or 1 (local).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for n in 0.. {
+            let r = ask(c, d, &[&[("k", &format!("probe{n}-{mode}"))]]).await;
+            if r.overall_code == Code::Ok as i32 && r.statuses[0].limit_remaining == 3 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{mode}: no recovery: {r:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            admitted(c, 5, d, &[&[("k", &format!("after-{mode}"))]]).await,
+            4,
+            "{mode}: Redis decides again, the whole limit"
+        );
+    }
+}
