@@ -166,7 +166,6 @@ struct LogEntry {
 }
 
 const _: () = assert!(std::mem::size_of::<LogEntry>() == 64);
-const _: () = assert!(std::mem::size_of::<LogPool>() == 64);
 
 impl LogEntry {
     fn fresh(key: &[u8]) -> LogEntry {
@@ -367,9 +366,8 @@ fn is_log_policy(policy: &Policy) -> bool {
     policy.algorithm() == Algorithm::SlidingWindowLog
 }
 
-/// A shard's pool of log entries, and whether it wants rebuilding: one cache line.
+/// A shard's pool of log entries, and whether it wants rebuilding.
 #[derive(Debug, Default)]
-#[repr(align(64))]
 struct LogPool {
     slots: Mutex<Pool>,
     /// Set by a check that left more than half the pool free: the next single check

@@ -68,9 +68,9 @@ const _: () = assert!(std::mem::size_of::<Slot>() == 16);
 /// by itself: [`Pool::compact`] rebuilds it from the logs that use it.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Pool {
-    /// Slot `i` is `pages[i / PAGE][i % PAGE]` (slot 0 unused). The first page
-    /// starts short and doubles up to `PAGE` slots (a short log takes little); the
-    /// others have `PAGE` from the start and never move.
+    /// Slots `0..PAGE` (0 unused), grown as a vector.
+    first: Vec<Slot>,
+    /// Slots from `PAGE` on, in pages of `PAGE`, never moved.
     pages: Vec<Box<[Slot]>>,
     /// The first index never handed out (0 before the first).
     top: u32,
@@ -84,13 +84,21 @@ impl Pool {
     #[inline]
     fn slot(&self, i: u32) -> &Slot {
         let i = i as usize;
-        &self.pages[i / PAGE][i % PAGE]
+        if i < PAGE {
+            &self.first[i]
+        } else {
+            &self.pages[i / PAGE - 1][i % PAGE]
+        }
     }
 
     #[inline]
     fn slot_mut(&mut self, i: u32) -> &mut Slot {
         let i = i as usize;
-        &mut self.pages[i / PAGE][i % PAGE]
+        if i < PAGE {
+            &mut self.first[i]
+        } else {
+            &mut self.pages[i / PAGE - 1][i % PAGE]
+        }
     }
 
     /// A slot holding `s`: the last freed one, else the next at the tail. `None`
@@ -110,21 +118,19 @@ impl Pool {
             return None;
         }
         if self.top == 0 {
+            self.first.push(Slot::default());
             self.top = 1;
         }
         let i = self.top as usize;
-        let (page, at) = (i / PAGE, i % PAGE);
-        if page == self.pages.len() {
-            let len = if page == 0 { 4 } else { PAGE };
-            self.pages
-                .push(vec![Slot::default(); len].into_boxed_slice());
-        } else if at == self.pages[page].len() {
-            // The first page, full: twice the room.
-            let mut grown = vec![Slot::default(); (2 * at).min(PAGE)];
-            grown[..at].copy_from_slice(&self.pages[page]);
-            self.pages[page] = grown.into_boxed_slice();
+        if i < PAGE {
+            self.first.push(s);
+        } else {
+            if i.is_multiple_of(PAGE) {
+                self.pages
+                    .push(vec![Slot::default(); PAGE].into_boxed_slice());
+            }
+            self.pages[i / PAGE - 1][i % PAGE] = s;
         }
-        self.pages[page][at] = s;
         self.top += 1;
         self.held += 1;
         Some(self.top - 1)
@@ -141,7 +147,8 @@ impl Pool {
 
     /// Bytes held on the heap.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.pages.iter().map(|p| p.len()).sum::<usize>() * std::mem::size_of::<Slot>()
+        self.first.capacity() * std::mem::size_of::<Slot>()
+            + self.pages.len() * PAGE * std::mem::size_of::<Slot>()
             + self.pages.capacity() * std::mem::size_of::<Box<[Slot]>>()
     }
 
@@ -379,16 +386,10 @@ impl Header {
     }
 
     /// Drops the entries that are no longer live at `t`.
-    #[inline]
     fn prune(&mut self, t: Nanos, w: Nanos, pool: &mut Pool) {
-        if self.has_dead(t, w) {
-            self.prune_dead(t, w, pool);
+        if !self.has_dead(t, w) {
+            return;
         }
-    }
-
-    /// [`Header::prune`] when some entry is dead.
-    #[inline(never)]
-    fn prune_dead(&mut self, t: Nanos, w: Nanos, pool: &mut Pool) {
         loop {
             self.oldest_first(pool);
             if self.older == NIL {
