@@ -15,14 +15,12 @@
 //! compare-and-swap; `fixed_window`'s and `sliding_window_counter`'s 24 bytes
 //! behind a one-byte mutex. So a keyed check costs one cache miss, not the two of a
 //! map of `String` keys. A `sliding_window_log` entry is one line too: the key and
-//! the log's header (its total, its newest and oldest instants, its expiry, the
-//! heads of two lists of entries) in atomics. The entries, 16 bytes each, are in
-//! the shard's pool, and the pool's mutex guards both the pool and every header of
-//! the shard (one lock per check, as for the other windows; a stack locks a shard's
-//! pool once for all its logs there). An admission appends its entry at the pool's
-//! tail, which the shard's previous admissions wrote (a line in cache), so it costs
-//! no second miss; pruning frees entries to a free list reused first, and a pool
-//! more than half free is rebuilt under the write lock. The write lock
+//! the log's header (its total, its newest and oldest instants, the heads of two
+//! lists of entries) behind a one-byte mutex. The entries, 16 bytes each, are in
+//! the shard's pool, behind a mutex of its own: an admission appends its entry at
+//! the pool's tail, which the shard's previous admissions wrote (a line in cache),
+//! so it costs no second miss; pruning frees entries to a free list reused first,
+//! and a pool more than half free is rebuilt under the write lock. The write lock
 //! is taken only to add a key, to change a key's algorithm (which moves it between
 //! the tables), to forget a key, to sweep, and to rebuild a log pool.
 //!
@@ -55,12 +53,11 @@
 //! # Stacked checks
 //!
 //! [`MemoryStore::check_all`] read-locks the shards involved in ascending order,
-//! then the window keys' mutexes in address order (so two stacks cannot deadlock;
-//! for a log, its shard's pool mutex, once per shard), decides every policy on
-//! what it holds, and only if all admit commits them: the window states under
-//! their mutexes, the bucket states by compare-and-swap. If a bucket changed under
-//! it, the compare-and-swaps already made are given back and the whole stack is
-//! decided again.
+//! then the window keys' mutexes in address order (so two stacks cannot deadlock),
+//! decides every policy on what it holds, and only if all admit commits them: the
+//! window states under their mutexes, the bucket states by compare-and-swap. If a
+//! bucket changed under it, the compare-and-swaps already made are given back and
+//! the whole stack is decided again.
 
 use std::hash::BuildHasher;
 use std::num::NonZeroU32;
@@ -80,7 +77,7 @@ use crate::gcra;
 use crate::nanos::Nanos;
 use crate::policy::{Algorithm, Policy};
 use crate::sliding_window_counter::{self, SlidingWindowCounterState};
-use crate::sliding_window_log::{Header as LogHeader, Pool, SharedHeader};
+use crate::sliding_window_log::{self, Header as LogHeader, Locked, Pool};
 use crate::state::State;
 use crate::store::{Check, Store, Verdict, validate};
 
@@ -154,15 +151,15 @@ enum Entry {
 const _: () = assert!(std::mem::size_of::<Entry>() == 64);
 
 /// A `sliding_window_log` key and its log's header, in a table of their own: one
-/// 64-byte cache line, the key (inline up to 22 bytes) and the header in atomics,
-/// read and written under the mutex of the shard's [`Pool`], which holds the log's
-/// entries: an admission appends its entry at the pool's tail (a line in cache).
-/// So a check, as for the other windows, costs one cache miss and one lock.
+/// 64-byte cache line, the key (inline up to 22 bytes) and the header behind a
+/// one-byte mutex. The log's entries are in the shard's [`Pool`], where an
+/// admission appends its entry at the tail (a line in cache): so a check, as for
+/// the other windows, costs one cache miss.
 #[derive(Debug)]
 #[repr(C, align(64))]
 struct LogEntry {
     key: Key<22>,
-    state: SharedHeader,
+    state: Mutex<LogHeader>,
 }
 
 const _: () = assert!(std::mem::size_of::<LogEntry>() == 64);
@@ -171,7 +168,7 @@ impl LogEntry {
     fn fresh(key: &[u8]) -> LogEntry {
         LogEntry {
             key: Key::new(key),
-            state: SharedHeader::default(),
+            state: Mutex::default(),
         }
     }
 
@@ -182,7 +179,7 @@ impl LogEntry {
 
     /// The instant the state is fresh again. Needs `&mut`, so only under a write lock.
     fn expires(&mut self) -> Nanos {
-        self.state.expires()
+        self.state.get_mut().expires()
     }
 }
 
@@ -198,15 +195,14 @@ enum Slot<'a> {
 enum Window<'a> {
     Fixed(&'a Mutex<FixedWindowState>),
     Counter(&'a Mutex<SlidingWindowCounterState>),
-    Log(&'a SharedHeader, &'a LogPool),
+    Log(&'a Mutex<LogHeader>, &'a LogPool),
 }
 
 /// A locked window state.
 enum WindowGuard<'a> {
     Fixed(MutexGuard<'a, FixedWindowState>),
     Counter(MutexGuard<'a, SlidingWindowCounterState>),
-    /// A log's header and its shard's pool, locked.
-    Log(&'a SharedHeader, &'a LogPool, MutexGuard<'a, Pool>),
+    Log(MutexGuard<'a, LogHeader>, &'a LogPool),
 }
 
 impl Entry {
@@ -282,7 +278,7 @@ impl<'a> Window<'a> {
         match self {
             Window::Fixed(m) => WindowGuard::Fixed(m.lock()),
             Window::Counter(m) => WindowGuard::Counter(m.lock()),
-            Window::Log(h, pool) => WindowGuard::Log(h, pool, pool.slots.lock()),
+            Window::Log(m, pool) => WindowGuard::Log(m.lock(), pool),
         }
     }
 
@@ -291,7 +287,7 @@ impl<'a> Window<'a> {
         match self {
             Window::Fixed(m) => m as *const _ as usize,
             Window::Counter(m) => m as *const _ as usize,
-            Window::Log(_, pool) => &pool.slots as *const _ as usize,
+            Window::Log(m, _) => m as *const _ as usize,
         }
     }
 }
@@ -301,8 +297,13 @@ impl WindowGuard<'_> {
         match self {
             WindowGuard::Fixed(s) => fixed_window::check(policy, s, now, cost, consume),
             WindowGuard::Counter(s) => sliding_window_counter::check(policy, s, now, cost, consume),
-            WindowGuard::Log(h, pool, slots) => {
-                log_check(h, pool, slots, policy, now, cost, consume)
+            WindowGuard::Log(s, pool) => {
+                let mut slots = Locked::new(&pool.slots);
+                let d = sliding_window_log::check_in(policy, s, &mut slots, now, cost, consume);
+                if slots.wasteful(POOL_SLACK) {
+                    pool.untidy.store(true, Ordering::Relaxed);
+                }
+                d
             }
         }
     }
@@ -311,40 +312,10 @@ impl WindowGuard<'_> {
         match self {
             WindowGuard::Fixed(s) => fixed_window::view(policy, s, now),
             WindowGuard::Counter(s) => sliding_window_counter::view(policy, s, now),
-            WindowGuard::Log(h, _, slots) => h.view(slots, policy, now),
+            WindowGuard::Log(s, pool) => {
+                sliding_window_log::view_in(policy, s, &pool.slots.lock(), now)
+            }
         }
-    }
-}
-
-/// A check of the log `h` whose entries are in `slots`, the locked pool of `pool`;
-/// a pool left more than half free is marked to be rebuilt.
-#[inline]
-fn log_check(
-    h: &SharedHeader,
-    pool: &LogPool,
-    slots: &mut Pool,
-    policy: &Policy,
-    now: Nanos,
-    cost: NonZeroU32,
-    consume: bool,
-) -> Decision {
-    let d = h.check(slots, policy, now, cost, consume);
-    if slots.wasteful(POOL_SLACK) {
-        pool.untidy.store(true, Ordering::Relaxed);
-    }
-    d
-}
-
-/// A check (or view) of the log `h` in a stack whose window `j` holds the lock of
-/// the log's pool.
-fn shared_log<'a, R>(
-    windows: &mut [Option<WindowGuard<'a>>],
-    (h, j): (&'a SharedHeader, usize),
-    f: impl FnOnce(&SharedHeader, &LogPool, &mut Pool) -> R,
-) -> Option<R> {
-    match windows.get_mut(j) {
-        Some(Some(WindowGuard::Log(_, pool, slots))) => Some(f(h, pool, slots)),
-        _ => None,
     }
 }
 
@@ -420,8 +391,8 @@ impl Table {
             entry.remove();
         }
         if let Ok(entry) = self.logs.find_entry(hash, is_log(key)) {
-            let (log, _) = entry.remove();
-            log.state.release(self.pool.slots.get_mut());
+            let (mut log, _) = entry.remove();
+            log.state.get_mut().release(self.pool.slots.get_mut());
             self.tidy_pool();
         }
     }
@@ -430,11 +401,7 @@ impl Table {
     fn tidy_pool(&mut self) {
         let pool = self.pool.slots.get_mut();
         if pool.wasteful(POOL_SLACK) {
-            let mut logs: Vec<LogHeader> = self.logs.iter().map(|e| e.state.load()).collect();
-            pool.compact(logs.iter_mut());
-            for (e, log) in self.logs.iter().zip(&logs) {
-                e.state.store(log);
-            }
+            pool.compact(self.logs.iter_mut().map(|e| e.state.get_mut()));
         }
         *self.pool.untidy.get_mut() = false;
     }
@@ -452,7 +419,7 @@ impl Table {
             let expires = e.expires();
             let kept = keep(e.key(), expires);
             if !kept {
-                e.state.release(pool);
+                e.state.get_mut().release(pool);
             }
             kept
         });
@@ -746,8 +713,8 @@ impl<C: Clock> MemoryStore<C> {
             return;
         };
         if let Ok(entry) = table.logs.find_entry(hash, is_log(key)) {
-            let (log, _) = entry.remove();
-            log.state.release(table.pool.slots.get_mut());
+            let (mut log, _) = entry.remove();
+            log.state.get_mut().release(table.pool.slots.get_mut());
             table.tidy_pool();
         }
         match table.map.entry(hash, is(key), |e| hasher.hash_one(e.key())) {
@@ -929,21 +896,9 @@ fn decide_stack(
         .collect();
     by_addr.sort_unstable();
     let mut windows: SmallVec<[Option<WindowGuard<'_>>; 4]> = slots.iter().map(|_| None).collect();
-    // Logs of one shard share its pool's mutex: the first locks it, the others use
-    // that window's lock.
-    let mut shared: SmallVec<[Option<(&SharedHeader, usize)>; 4]> =
-        slots.iter().map(|_| None).collect();
-    let mut locked: Option<(usize, usize)> = None;
-    for &(addr, i) in &by_addr {
+    for &(_, i) in &by_addr {
         if let Some(Slot::Window(w)) = slots[i] {
-            if let (Window::Log(h, _), Some((at, j))) = (w, locked)
-                && at == addr
-            {
-                shared[i] = Some((h, j));
-                continue;
-            }
             windows[i] = Some(w.lock());
-            locked = Some((addr, i));
         }
     }
 
@@ -951,25 +906,16 @@ fn decide_stack(
         let mut snapshots: SmallVec<[(u64, Nanos); 4]> = smallvec![(0, Nanos::ZERO); checks.len()];
         let mut decisions: SmallVec<[Decision; 4]> = SmallVec::with_capacity(checks.len());
         for (i, c) in checks.iter().enumerate() {
-            let log = shared[i].and_then(|sh| {
-                shared_log(&mut windows, sh, |h, pool, slots| {
-                    log_check(h, pool, slots, c.policy, now, c.cost, false)
-                })
-            });
-            let d = if let Some(d) = log {
-                d
-            } else {
-                match (slots[i], windows[i].as_mut()) {
-                    (Some(Slot::Bucket(cell)), _) => {
-                        let cur = cell.load(Ordering::Acquire);
-                        let mut tat = Nanos::new(cur);
-                        let d = bucket_decide(c.policy, &mut tat, now, c.cost);
-                        snapshots[i] = (cur, tat);
-                        d
-                    }
-                    (_, Some(state)) => state.check(c.policy, now, c.cost, false),
-                    _ => State::fresh(c.policy.algorithm()).check(c.policy, now, c.cost, false),
+            let d = match (slots[i], windows[i].as_mut()) {
+                (Some(Slot::Bucket(cell)), _) => {
+                    let cur = cell.load(Ordering::Acquire);
+                    let mut tat = Nanos::new(cur);
+                    let d = bucket_decide(c.policy, &mut tat, now, c.cost);
+                    snapshots[i] = (cur, tat);
+                    d
                 }
+                (_, Some(state)) => state.check(c.policy, now, c.cost, false),
+                _ => State::fresh(c.policy.algorithm()).check(c.policy, now, c.cost, false),
             };
             decisions.push(d);
         }
@@ -982,19 +928,12 @@ fn decide_stack(
                     continue;
                 }
                 let c = &checks[i];
-                let log = shared[i].and_then(|sh| {
-                    shared_log(&mut windows, sh, |h, _, slots| h.view(slots, c.policy, now))
-                });
-                let (remaining, reset_after) = if let Some(v) = log {
-                    v
-                } else {
-                    match (slots[i], windows[i].as_ref()) {
-                        (Some(Slot::Bucket(_)), _) => {
-                            gcra::view(c.policy, Nanos::new(snapshots[i].0), now)
-                        }
-                        (_, Some(state)) => state.view(c.policy, now),
-                        _ => State::fresh(c.policy.algorithm()).view(c.policy, now),
+                let (remaining, reset_after) = match (slots[i], windows[i].as_ref()) {
+                    (Some(Slot::Bucket(_)), _) => {
+                        gcra::view(c.policy, Nanos::new(snapshots[i].0), now)
                     }
+                    (_, Some(state)) => state.view(c.policy, now),
+                    _ => State::fresh(c.policy.algorithm()).view(c.policy, now),
                 };
                 d.remaining = remaining;
                 d.reset_after = reset_after;
@@ -1038,12 +977,7 @@ fn decide_stack(
             continue;
         }
         for (i, c) in checks.iter().enumerate() {
-            if let Some(sh) = shared[i] {
-                let d = shared_log(&mut windows, sh, |h, pool, slots| {
-                    log_check(h, pool, slots, c.policy, now, c.cost, true)
-                });
-                debug_assert_eq!(d, Some(decisions[i]));
-            } else if let Some(state) = windows[i].as_mut() {
+            if let Some(state) = windows[i].as_mut() {
                 let d = state.check(c.policy, now, c.cost, true);
                 debug_assert_eq!(d, decisions[i]);
             }
@@ -1109,7 +1043,7 @@ mod tests {
             Err(e) => panic!("{e}"),
         };
         let keys: Vec<String> = (0..200).map(|i| format!("key-{i}")).collect();
-        let mut alone: Vec<crate::sliding_window_log::SlidingWindowLogState> =
+        let mut alone: Vec<sliding_window_log::SlidingWindowLogState> =
             keys.iter().map(|_| Default::default()).collect();
         let pool = |store: &MemoryStore<ManualClock>| {
             let table = store.shards[0].read();
@@ -1131,7 +1065,7 @@ mod tests {
                 clock.advance(Nanos::new(gap));
                 let now = clock.now();
                 let got = store.check_one(key, &p);
-                let want = crate::sliding_window_log::check(&p, log, now, NonZeroU32::MIN, true);
+                let want = sliding_window_log::check(&p, log, now, NonZeroU32::MIN, true);
                 assert_eq!(got, want, "round {round}");
             }
             // Mostly free only until the next check.
@@ -1145,65 +1079,5 @@ mod tests {
         assert!(most <= 2 * 76_800 + 16 * (POOL_SLACK + 512), "{most}");
         let (bytes, _, _) = pool(&store);
         assert!(bytes < most / 2, "{bytes} of {most}");
-    }
-
-    /// A stack of two logs in one shard (one pool, locked once) and a fixed window:
-    /// all or nothing, each log as a standalone one given the admitted requests.
-    #[test]
-    fn stacked_logs_share_their_pool() {
-        let clock = ManualClock::new(Nanos::new(1_000));
-        let store = MemoryStore::builder()
-            .shards(1)
-            .build_with_clock(clock.clone());
-        let policy = |a, limit| match Policy::new(a, limit, Nanos::new(100)) {
-            Ok(p) => p,
-            Err(e) => panic!("{e}"),
-        };
-        let (a, b) = (
-            policy(Algorithm::SlidingWindowLog, 3),
-            policy(Algorithm::SlidingWindowLog, 5),
-        );
-        let f = policy(Algorithm::FixedWindow, 4);
-        let mut logs = [
-            crate::sliding_window_log::SlidingWindowLogState::default(),
-            crate::sliding_window_log::SlidingWindowLogState::default(),
-        ];
-        let checks = [
-            Check::new("a", &a),
-            Check::new("b", &b),
-            Check::new("f", &f),
-        ];
-        for step in 0..40u64 {
-            clock.advance(Nanos::new(7 + step % 5 * 11));
-            let now = clock.now();
-            if step % 3 == 0 {
-                // "b" alone now and then, so the two logs differ.
-                let got = store.check_one("b", &b);
-                let want =
-                    crate::sliding_window_log::check(&b, &mut logs[1], now, NonZeroU32::MIN, true);
-                assert_eq!(got, want, "step {step}");
-            }
-            let v = match store.check_all(&checks) {
-                Ok(v) => v,
-                Err(e) => panic!("{e}"),
-            };
-            for (k, (log, p)) in logs.iter_mut().zip([&a, &b]).enumerate() {
-                let want = if v.allowed() {
-                    crate::sliding_window_log::check(p, log, now, NonZeroU32::MIN, true)
-                } else {
-                    crate::sliding_window_log::check(p, log, now, NonZeroU32::MIN, false)
-                };
-                if v.allowed() || !want.allowed {
-                    assert_eq!(v.decisions[k], want, "step {step} log {k}");
-                } else {
-                    let (remaining, reset_after) = crate::sliding_window_log::view(p, log, now);
-                    assert_eq!(v.decisions[k].remaining, remaining, "step {step} log {k}");
-                    assert_eq!(
-                        v.decisions[k].reset_after, reset_after,
-                        "step {step} log {k}"
-                    );
-                }
-            }
-        }
     }
 }

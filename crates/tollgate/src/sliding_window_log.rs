@@ -34,7 +34,7 @@
 
 use std::num::NonZeroU32;
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::decision::{Decision, DenyReason};
 use crate::nanos::Nanos;
@@ -212,6 +212,50 @@ fn reverse(pool: &mut Pool, mut head: u32) -> u32 {
     reversed
 }
 
+/// Where a check finds its log's pool: owned, or behind the shard's mutex, locked
+/// only when the check reads or writes an entry (most checks read the header alone
+/// or append one entry).
+pub(crate) trait Slots {
+    fn pool(&mut self) -> &mut Pool;
+}
+
+impl Slots for Pool {
+    #[inline]
+    fn pool(&mut self) -> &mut Pool {
+        self
+    }
+}
+
+/// A shard's pool, locked on first use, unlocked when dropped.
+pub(crate) struct Locked<'a> {
+    mutex: &'a Mutex<Pool>,
+    guard: Option<MutexGuard<'a, Pool>>,
+}
+
+impl<'a> Locked<'a> {
+    #[inline]
+    pub(crate) fn new(mutex: &'a Mutex<Pool>) -> Self {
+        Locked { mutex, guard: None }
+    }
+}
+
+impl Locked<'_> {
+    /// True when the check left more than half the pool free, past `slack` (false
+    /// when it did not lock the pool).
+    #[inline]
+    pub(crate) fn wasteful(&self, slack: usize) -> bool {
+        self.guard.as_ref().is_some_and(|g| g.wasteful(slack))
+    }
+}
+
+impl Slots for Locked<'_> {
+    #[inline]
+    fn pool(&mut self) -> &mut Pool {
+        let mutex = self.mutex;
+        self.guard.get_or_insert_with(|| mutex.lock())
+    }
+}
+
 /// A log's header: what a check reads, and the heads of its two lists of entries in
 /// a [`Pool`]. The log is the entries of `older` (oldest first), then those of
 /// `newer` (held newest first). An admission puts its entry at the head of `newer`,
@@ -219,8 +263,10 @@ fn reverse(pool: &mut Pool, mut head: u32) -> u32 {
 /// log). Pruning takes entries from `older`; when it runs out, `newer` is reversed
 /// into it (each entry once).
 ///
-/// The memory store keeps it as a [`SharedHeader`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// 36 bytes, 4-aligned: behind a one-byte mutex and a 24-byte key it fills the
+/// memory store's 64-byte entry.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C, packed(4))]
 pub(crate) struct Header {
     /// The latest instant the state was updated at: the newest entry's `ts`.
     last: Nanos,
@@ -238,82 +284,7 @@ pub(crate) struct Header {
     newer: u32,
 }
 
-/// A [`Header`] in atomics, 40 bytes: beside a 24-byte key it fills the memory
-/// store's 64-byte entry. Read and written only under the mutex of the pool that
-/// holds the log's entries (so relaxed loads and stores: the mutex orders them),
-/// which makes one lock per check, as for the other windows.
-#[derive(Debug, Default)]
-pub(crate) struct SharedHeader {
-    last: AtomicU64,
-    expires: AtomicU64,
-    oldest: AtomicU64,
-    total: AtomicU32,
-    older: AtomicU32,
-    newer: AtomicU32,
-}
-
-const _: () = assert!(std::mem::size_of::<SharedHeader>() == 40);
-
-impl SharedHeader {
-    /// The header (under the pool's mutex).
-    #[inline]
-    pub(crate) fn load(&self) -> Header {
-        Header {
-            last: Nanos::new(self.last.load(Ordering::Relaxed)),
-            expires: Nanos::new(self.expires.load(Ordering::Relaxed)),
-            oldest: Nanos::new(self.oldest.load(Ordering::Relaxed)),
-            total: self.total.load(Ordering::Relaxed),
-            older: self.older.load(Ordering::Relaxed),
-            newer: self.newer.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Writes `h` back (under the pool's mutex).
-    #[inline]
-    pub(crate) fn store(&self, h: &Header) {
-        self.last.store(h.last.as_u64(), Ordering::Relaxed);
-        self.expires.store(h.expires.as_u64(), Ordering::Relaxed);
-        self.oldest.store(h.oldest.as_u64(), Ordering::Relaxed);
-        self.total.store(h.total, Ordering::Relaxed);
-        self.older.store(h.older, Ordering::Relaxed);
-        self.newer.store(h.newer, Ordering::Relaxed);
-    }
-
-    /// The instant the state is fresh again (read under the pool's mutex, or with
-    /// the store's shard locked for writing).
-    #[inline]
-    pub(crate) fn expires(&self) -> Nanos {
-        Nanos::new(self.expires.load(Ordering::Relaxed))
-    }
-
-    /// [`check_in`] on this log, whose entries are in `pool` (locked).
-    #[inline]
-    pub(crate) fn check(
-        &self,
-        pool: &mut Pool,
-        policy: &Policy,
-        now: Nanos,
-        cost: NonZeroU32,
-        consume: bool,
-    ) -> Decision {
-        let mut h = self.load();
-        let decision = check_in(policy, &mut h, pool, now, cost, consume);
-        self.store(&h);
-        decision
-    }
-
-    /// [`view_in`] on this log, whose entries are in `pool` (locked).
-    pub(crate) fn view(&self, pool: &Pool, policy: &Policy, now: Nanos) -> (u64, Nanos) {
-        view_in(policy, &self.load(), pool, now)
-    }
-
-    /// Gives every slot back to `pool`: the log is fresh.
-    pub(crate) fn release(&self, pool: &mut Pool) {
-        let mut h = self.load();
-        h.release(pool);
-        self.store(&h);
-    }
-}
+const _: () = assert!(std::mem::size_of::<Header>() == 36);
 
 /// `c` as a `u32`: counts and totals never pass a policy's limit, a `u32`.
 #[inline]
@@ -323,6 +294,12 @@ fn narrow(c: u64) -> u32 {
 }
 
 impl Header {
+    /// The instant the state is fresh again: `ts_newest + W`, 0 when never used.
+    #[inline]
+    pub(crate) fn expires(&self) -> Nanos {
+        self.expires
+    }
+
     #[inline]
     fn is_empty(&self) -> bool {
         self.older == NIL && self.newer == NIL
@@ -445,7 +422,7 @@ impl Header {
 pub(crate) fn check_in(
     policy: &Policy,
     log: &mut Header,
-    pool: &mut Pool,
+    slots: &mut impl Slots,
     now: Nanos,
     cost: NonZeroU32,
     consume: bool,
@@ -453,6 +430,7 @@ pub(crate) fn check_in(
     let t = now.max(log.last);
     let w = policy.period();
     let dead: u64 = if log.has_dead(t, w) {
+        let pool = slots.pool();
         log.oldest_first(pool);
         log.all(pool)
             .take_while(|(ts, _)| ts.saturating_add(w) <= t)
@@ -478,6 +456,7 @@ pub(crate) fn check_in(
     }
     if used + c <= limit {
         if consume {
+            let pool = slots.pool();
             // `t` becomes the state's time: entries dead now stay dead.
             log.prune(t, w, pool);
             // The newest entry is at `last`: one admitted at the same instant shares
@@ -500,6 +479,7 @@ pub(crate) fn check_in(
         decision.reason = None;
     } else {
         let need = used + c - limit;
+        let pool = slots.pool();
         log.oldest_first(pool);
         let mut sum = 0;
         let mut retry = Nanos::ZERO;
