@@ -14,24 +14,17 @@
 //! its state: the bucket family's one instant, `TAT`, as an `AtomicU64` updated by
 //! compare-and-swap; `fixed_window`'s and `sliding_window_counter`'s 24 bytes
 //! behind a one-byte mutex. So a keyed check costs one cache miss, not the two of a
-//! map of `String` keys. A `sliding_window_log` entry is one line too: the key and
-//! the log's header (its total, its newest and oldest instants, the heads of two
-//! lists of entries) behind a one-byte mutex. The entries, 16 bytes each, are in
-//! the shard's pool, behind a mutex of its own: an admission appends its entry at
-//! the pool's tail, which the shard's previous admissions wrote (a line in cache),
-//! so it costs no second miss; pruning frees entries to a free list reused first,
-//! and a pool more than half free is rebuilt under the write lock. The write lock
-//! is taken only to add a key, to change a key's algorithm (which moves it between
-//! the tables), to forget a key, to sweep, and to rebuild a log pool.
+//! map of `String` keys. A `sliding_window_log` entry is an aligned pair of lines:
+//! the key, the mutex and the log's header in the first, all a check reads; the
+//! five newest log entries and the handles of the older ones (in chunks on the
+//! heap, to which one admission in five moves the five, in a chunk just allocated)
+//! in the second. The write lock is taken only to add a key,
+//! to change a key's algorithm (which moves it between the tables), to forget a
+//! key, and to sweep.
 //!
 //! # Bounded memory
 //!
 //! - A denied request, a peek and a check that fails never add a key.
-//! - A shard's `sliding_window_log` pool holds 16 bytes per entry of its logs (each
-//!   admitted instant still in its window, pruned as admissions are recorded), and
-//!   at most as many again free, plus 1,024 free slots and the last 4 KiB page: a
-//!   check that leaves it more free than that makes the next check of the shard
-//!   rebuild it, as does dropping keys.
 //! - Keys whose state is fresh again are dropped as the store goes: when a shard has
 //!   grown to twice its size after its last sweep, the next insertion sweeps it
 //!   (amortised O(1) per new key). That sweep gives a second chance: it drops the
@@ -61,7 +54,7 @@
 
 use std::hash::BuildHasher;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 use hashbrown::HashTable;
@@ -77,7 +70,7 @@ use crate::gcra;
 use crate::nanos::Nanos;
 use crate::policy::{Algorithm, Policy};
 use crate::sliding_window_counter::{self, SlidingWindowCounterState};
-use crate::sliding_window_log::{self, Header as LogHeader, Locked, Pool};
+use crate::sliding_window_log::{self, SlidingWindowLogState};
 use crate::state::State;
 use crate::store::{Check, Store, Verdict, validate};
 
@@ -87,8 +80,6 @@ const DEFAULT_SHARDS: usize = 64;
 const DEFAULT_MAX_KEYS: usize = 1_000_000;
 /// A shard is not swept before it holds this many keys.
 const MIN_SWEEP: usize = 64;
-/// Free log slots a shard's pool may hold beyond half its size before it is rebuilt.
-const POOL_SLACK: usize = 1024;
 
 /// A key's bytes: inline when at most `N` bytes, so that they share the entry's
 /// cache line with the state (IP addresses, user ids, most API keys), on the heap
@@ -150,25 +141,31 @@ enum Entry {
 
 const _: () = assert!(std::mem::size_of::<Entry>() == 64);
 
-/// A `sliding_window_log` key and its log's header, in a table of their own: one
-/// 64-byte cache line, the key (inline up to 22 bytes) and the header behind a
-/// one-byte mutex. The log's entries are in the shard's [`Pool`], where an
-/// admission appends its entry at the tail (a line in cache): so a check, as for
-/// the other windows, costs one cache miss.
+/// A `sliding_window_log` key and its state, in a table of their own: an aligned
+/// pair of cache lines. The first holds the key (inline up to 22 bytes), the mutex
+/// and the log's header, all a check reads; the second the five newest entries
+/// (which an admission writes), the handles of the older ones, in chunks on the heap
+/// (one admission in five moves the five to a chunk it allocates), and the key's
+/// whole hash. A lookup compares the hash
+/// before the key: the two loads go out together, so the second line arrives with
+/// the first instead of after it (an admission's write to it otherwise made the
+/// mutex's release wait for a second miss).
 #[derive(Debug)]
-#[repr(C, align(64))]
+#[repr(C, align(128))]
 struct LogEntry {
     key: Key<22>,
-    state: Mutex<LogHeader>,
+    state: Mutex<SlidingWindowLogState>,
+    hash: u64,
 }
 
-const _: () = assert!(std::mem::size_of::<LogEntry>() == 64);
+const _: () = assert!(std::mem::size_of::<LogEntry>() == 128);
 
 impl LogEntry {
-    fn fresh(key: &[u8]) -> LogEntry {
+    fn fresh(key: &[u8], hash: u64) -> LogEntry {
         LogEntry {
             key: Key::new(key),
             state: Mutex::default(),
+            hash,
         }
     }
 
@@ -195,14 +192,14 @@ enum Slot<'a> {
 enum Window<'a> {
     Fixed(&'a Mutex<FixedWindowState>),
     Counter(&'a Mutex<SlidingWindowCounterState>),
-    Log(&'a Mutex<LogHeader>, &'a LogPool),
+    Log(&'a Mutex<SlidingWindowLogState>),
 }
 
 /// A locked window state.
 enum WindowGuard<'a> {
     Fixed(MutexGuard<'a, FixedWindowState>),
     Counter(MutexGuard<'a, SlidingWindowCounterState>),
-    Log(MutexGuard<'a, LogHeader>, &'a LogPool),
+    Log(MutexGuard<'a, SlidingWindowLogState>),
 }
 
 impl Entry {
@@ -278,7 +275,7 @@ impl<'a> Window<'a> {
         match self {
             Window::Fixed(m) => WindowGuard::Fixed(m.lock()),
             Window::Counter(m) => WindowGuard::Counter(m.lock()),
-            Window::Log(m, pool) => WindowGuard::Log(m.lock(), pool),
+            Window::Log(m) => WindowGuard::Log(m.lock()),
         }
     }
 
@@ -287,7 +284,7 @@ impl<'a> Window<'a> {
         match self {
             Window::Fixed(m) => m as *const _ as usize,
             Window::Counter(m) => m as *const _ as usize,
-            Window::Log(m, _) => m as *const _ as usize,
+            Window::Log(m) => m as *const _ as usize,
         }
     }
 }
@@ -297,14 +294,7 @@ impl WindowGuard<'_> {
         match self {
             WindowGuard::Fixed(s) => fixed_window::check(policy, s, now, cost, consume),
             WindowGuard::Counter(s) => sliding_window_counter::check(policy, s, now, cost, consume),
-            WindowGuard::Log(s, pool) => {
-                let mut slots = Locked::new(&pool.slots);
-                let d = sliding_window_log::check_in(policy, s, &mut slots, now, cost, consume);
-                if slots.wasteful(POOL_SLACK) {
-                    pool.untidy.store(true, Ordering::Relaxed);
-                }
-                d
-            }
+            WindowGuard::Log(s) => sliding_window_log::check(policy, s, now, cost, consume),
         }
     }
 
@@ -312,9 +302,7 @@ impl WindowGuard<'_> {
         match self {
             WindowGuard::Fixed(s) => fixed_window::view(policy, s, now),
             WindowGuard::Counter(s) => sliding_window_counter::view(policy, s, now),
-            WindowGuard::Log(s, pool) => {
-                sliding_window_log::view_in(policy, s, &pool.slots.lock(), now)
-            }
+            WindowGuard::Log(s) => sliding_window_log::view(policy, s, now),
         }
     }
 }
@@ -325,10 +313,10 @@ fn is(key: &[u8]) -> impl Fn(&Entry) -> bool + '_ {
     move |e| e.key() == key
 }
 
-/// A predicate matching the log entry of `key`.
+/// A predicate matching the log entry of `key`, whose hash is `hash`.
 #[inline]
-fn is_log(key: &[u8]) -> impl Fn(&LogEntry) -> bool + '_ {
-    move |e| e.key() == key
+fn is_log(hash: u64, key: &[u8]) -> impl Fn(&LogEntry) -> bool + '_ {
+    move |e| e.hash == hash && e.key() == key
 }
 
 /// True for the algorithm whose keys live in [`Table::logs`].
@@ -337,23 +325,12 @@ fn is_log_policy(policy: &Policy) -> bool {
     policy.algorithm() == Algorithm::SlidingWindowLog
 }
 
-/// A shard's pool of log entries, and whether it wants rebuilding.
-#[derive(Debug, Default)]
-struct LogPool {
-    slots: Mutex<Pool>,
-    /// Set by a check that left more than half the pool free: the next single check
-    /// of the shard takes the write lock and rebuilds it.
-    untidy: AtomicBool,
-}
-
 #[derive(Debug)]
 struct Table {
     /// The keys of every algorithm but `sliding_window_log`.
     map: HashTable<Entry>,
     /// The keys of `sliding_window_log`. A key is in one table at most.
     logs: HashTable<LogEntry>,
-    /// The entries of the logs of `logs`.
-    pool: LogPool,
     /// Sweep when `len()` reaches this.
     next_sweep: usize,
     /// When this shard was last swept. The next sweep as the store goes drops only
@@ -373,8 +350,8 @@ impl Table {
     fn slot(&self, hash: u64, key: &[u8], policy: &Policy) -> Option<Slot<'_>> {
         if is_log_policy(policy) {
             self.logs
-                .find(hash, is_log(key))
-                .map(|e| Slot::Window(Window::Log(&e.state, &self.pool)))
+                .find(hash, is_log(hash, key))
+                .map(|e| Slot::Window(Window::Log(&e.state)))
         } else {
             self.map.find(hash, is(key)).and_then(|e| e.slot(policy))
         }
@@ -382,7 +359,7 @@ impl Table {
 
     /// True when `key` is held, under any algorithm.
     fn contains(&self, hash: u64, key: &[u8]) -> bool {
-        self.map.find(hash, is(key)).is_some() || self.logs.find(hash, is_log(key)).is_some()
+        self.map.find(hash, is(key)).is_some() || self.logs.find(hash, is_log(hash, key)).is_some()
     }
 
     /// Forgets `key`.
@@ -390,20 +367,9 @@ impl Table {
         if let Ok(entry) = self.map.find_entry(hash, is(key)) {
             entry.remove();
         }
-        if let Ok(entry) = self.logs.find_entry(hash, is_log(key)) {
-            let (mut log, _) = entry.remove();
-            log.state.get_mut().release(self.pool.slots.get_mut());
-            self.tidy_pool();
+        if let Ok(entry) = self.logs.find_entry(hash, is_log(hash, key)) {
+            entry.remove();
         }
-    }
-
-    /// Rebuilds the pool when more than half of it is free (past a page).
-    fn tidy_pool(&mut self) {
-        let pool = self.pool.slots.get_mut();
-        if pool.wasteful(POOL_SLACK) {
-            pool.compact(self.logs.iter_mut().map(|e| e.state.get_mut()));
-        }
-        *self.pool.untidy.get_mut() = false;
     }
 
     /// Keeps the keys for which `keep(key, expires)` is true; returns how many it
@@ -414,16 +380,10 @@ impl Table {
             let expires = e.expires();
             keep(e.key(), expires)
         });
-        let pool = self.pool.slots.get_mut();
         self.logs.retain(|e| {
             let expires = e.expires();
-            let kept = keep(e.key(), expires);
-            if !kept {
-                e.state.get_mut().release(pool);
-            }
-            kept
+            keep(e.key(), expires)
         });
-        self.tidy_pool();
         before - self.len()
     }
 }
@@ -511,7 +471,6 @@ impl MemoryStoreBuilder {
                     Shard(ShardedLock::new(Table {
                         map: HashTable::new(),
                         logs: HashTable::new(),
-                        pool: LogPool::default(),
                         next_sweep: MIN_SWEEP.min(per_shard),
                         last_sweep: Nanos::ZERO,
                     }))
@@ -668,12 +627,7 @@ impl<C: Clock> MemoryStore<C> {
         let fresh = {
             let table = shard.read();
             if let Some(slot) = table.slot(hash, key.as_bytes(), policy) {
-                let decision = slot.check(policy, now, cost, consume);
-                if table.pool.untidy.load(Ordering::Relaxed) {
-                    drop(table);
-                    shard.write().tidy_pool();
-                }
-                return decision;
+                return slot.check(policy, now, cost, consume);
             }
             // Absent, or last used under another algorithm: as if fresh.
             let decision = State::fresh(policy.algorithm()).check(policy, now, cost, false);
@@ -708,14 +662,12 @@ impl<C: Clock> MemoryStore<C> {
             }
             table
                 .logs
-                .entry(hash, is_log(key), |e| hasher.hash_one(e.key()))
-                .or_insert_with(|| LogEntry::fresh(key));
+                .entry(hash, is_log(hash, key), |e| e.hash)
+                .or_insert_with(|| LogEntry::fresh(key, hash));
             return;
         };
-        if let Ok(entry) = table.logs.find_entry(hash, is_log(key)) {
-            let (mut log, _) = entry.remove();
-            log.state.get_mut().release(table.pool.slots.get_mut());
-            table.tidy_pool();
+        if let Ok(entry) = table.logs.find_entry(hash, is_log(hash, key)) {
+            entry.remove();
         }
         match table.map.entry(hash, is(key), |e| hasher.hash_one(e.key())) {
             hashbrown::hash_table::Entry::Occupied(mut held) => {
@@ -1021,63 +973,5 @@ impl<C: Clock> Store for MemoryStore<C> {
     fn reset(&self, key: &str) -> impl std::future::Future<Output = Result<(), CheckError>> + Send {
         self.remove(key);
         std::future::ready(Ok(()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clock::ManualClock;
-
-    /// A shard's pool of log entries is rebuilt when pruning has freed more than half
-    /// of it, and the logs decide as before (as standalone logs given the same
-    /// requests).
-    #[test]
-    fn log_pool_is_rebuilt_when_mostly_free() {
-        let clock = ManualClock::new(Nanos::new(1_000_000));
-        let store = MemoryStore::builder()
-            .shards(1)
-            .build_with_clock(clock.clone());
-        let p = match Policy::new(Algorithm::SlidingWindowLog, 30, Nanos::new(20_000)) {
-            Ok(p) => p,
-            Err(e) => panic!("{e}"),
-        };
-        let keys: Vec<String> = (0..200).map(|i| format!("key-{i}")).collect();
-        let mut alone: Vec<sliding_window_log::SlidingWindowLogState> =
-            keys.iter().map(|_| Default::default()).collect();
-        let pool = |store: &MemoryStore<ManualClock>| {
-            let table = store.shards[0].read();
-            let pool = table.pool.slots.lock();
-            let wasteful = pool.wasteful(POOL_SLACK);
-            (
-                pool.heap_bytes(),
-                wasteful,
-                table.pool.untidy.load(Ordering::Relaxed),
-            )
-        };
-        let mut most = 0;
-        for round in 0..60 {
-            for (key, log) in keys.iter().zip(&mut alone) {
-                // Bursts of 25 rounds, 600 ns apart; a gap longer than the window
-                // before each burst empties every log (the first round's entries,
-                // 25,000 ns apart, are dead again at the next round).
-                let gap = if round % 25 == 0 { 25_000 } else { 3 };
-                clock.advance(Nanos::new(gap));
-                let now = clock.now();
-                let got = store.check_one(key, &p);
-                let want = sliding_window_log::check(&p, log, now, NonZeroU32::MIN, true);
-                assert_eq!(got, want, "round {round}");
-            }
-            // Mostly free only until the next check.
-            let (bytes, wasteful, untidy) = pool(&store);
-            most = most.max(bytes);
-            assert!(!wasteful || untidy, "round {round}");
-        }
-        // 200 keys of 24 live entries at a burst's end: 4,800 slots, 76,800 bytes;
-        // rebuilt once the next burst's pruning has freed most of them.
-        assert!(most >= 76_800, "{most}");
-        assert!(most <= 2 * 76_800 + 16 * (POOL_SLACK + 512), "{most}");
-        let (bytes, _, _) = pool(&store);
-        assert!(bytes < most / 2, "{bytes} of {most}");
     }
 }

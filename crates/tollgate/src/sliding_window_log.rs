@@ -34,257 +34,132 @@
 
 use std::num::NonZeroU32;
 
-use parking_lot::{Mutex, MutexGuard};
+use smallvec::SmallVec;
 
 use crate::decision::{Decision, DenyReason};
 use crate::nanos::Nanos;
 use crate::policy::Policy;
 
-/// Slots in a page of a pool past its first (a page is 4 KiB).
-const PAGE: usize = 256;
-/// No slot: a pool never hands out index 0.
-const NIL: u32 = 0;
+/// How many of the newest entries a log holds beside its header.
+const PENDING: usize = 5;
+/// How many entries a chunk of the older ones holds.
+const CHUNK: usize = 5;
 
-/// One entry `(ts_i, c_i)` in a pool, and the link to the next one of its list.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Slot {
-    ts: Nanos,
+/// Up to [`CHUNK`] older entries, on the heap, in a singly linked list.
+struct Chunk {
+    /// `ts_i`, strictly increasing.
+    ts: [Nanos; CHUNK],
     /// `c_i`: each at most the limit that admitted it, so a `u32`.
-    c: u32,
-    /// In a log's `older` list, the next newer entry; in its `newer` list, the next
-    /// older one; in the pool's free list, the next free slot.
-    next: u32,
+    c: [u32; CHUNK],
+    /// The first entry still held (pruning moves it forward).
+    start: u8,
+    /// The slots in use.
+    len: u8,
+    /// In the older list, the next newer chunk; in the newer list, the next older.
+    next: Option<Box<Chunk>>,
 }
 
-const _: () = assert!(std::mem::size_of::<Slot>() == 16);
-
-/// The entries of logs, in 16-byte slots addressed by `u32` indices. The memory
-/// store gives each shard one pool for all its keys' logs, so that an admission
-/// writes its entry at the pool's tail, a line the shard's last admissions wrote
-/// too (in cache), rather than into a part of the key's own log last written when
-/// the key was last seen. A standalone [`SlidingWindowLogState`] has its own.
-///
-/// Slots freed by pruning go to a free list, reused first. The pool does not shrink
-/// by itself: [`Pool::compact`] rebuilds it from the logs that use it.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Pool {
-    /// Slots `0..PAGE` (0 unused), grown as a vector.
-    first: Vec<Slot>,
-    /// Slots from `PAGE` on, in pages of `PAGE`, never moved.
-    pages: Vec<Box<[Slot]>>,
-    /// The first index never handed out (0 before the first).
-    top: u32,
-    /// The first free slot, `NIL` for none.
-    free: u32,
-    /// Slots in logs.
-    held: u32,
-}
-
-impl Pool {
+impl Chunk {
     #[inline]
-    fn slot(&self, i: u32) -> &Slot {
-        let i = i as usize;
-        if i < PAGE {
-            &self.first[i]
-        } else {
-            &self.pages[i / PAGE - 1][i % PAGE]
-        }
-    }
-
-    #[inline]
-    fn slot_mut(&mut self, i: u32) -> &mut Slot {
-        let i = i as usize;
-        if i < PAGE {
-            &mut self.first[i]
-        } else {
-            &mut self.pages[i / PAGE - 1][i % PAGE]
-        }
-    }
-
-    /// A slot holding `s`: the last freed one, else the next at the tail. `None`
-    /// when all 2^32 - 1 indices are in use (64 GiB of entries: not reached).
-    #[inline]
-    fn alloc(&mut self, s: Slot) -> Option<u32> {
-        if self.free != NIL {
-            let i = self.free;
-            let slot = self.slot_mut(i);
-            let next = slot.next;
-            *slot = s;
-            self.free = next;
-            self.held += 1;
-            return Some(i);
-        }
-        if self.top == u32::MAX {
-            return None;
-        }
-        if self.top == 0 {
-            self.first.push(Slot::default());
-            self.top = 1;
-        }
-        let i = self.top as usize;
-        if i < PAGE {
-            self.first.push(s);
-        } else {
-            if i.is_multiple_of(PAGE) {
-                self.pages
-                    .push(vec![Slot::default(); PAGE].into_boxed_slice());
-            }
-            self.pages[i / PAGE - 1][i % PAGE] = s;
-        }
-        self.top += 1;
-        self.held += 1;
-        Some(self.top - 1)
-    }
-
-    /// Puts slot `i` on the free list.
-    #[inline]
-    fn release(&mut self, i: u32) {
-        let free = self.free;
-        self.slot_mut(i).next = free;
-        self.free = i;
-        self.held -= 1;
-    }
-
-    /// Bytes held on the heap.
-    pub(crate) fn heap_bytes(&self) -> usize {
-        self.first.capacity() * std::mem::size_of::<Slot>()
-            + self.pages.len() * PAGE * std::mem::size_of::<Slot>()
-            + self.pages.capacity() * std::mem::size_of::<Box<[Slot]>>()
-    }
-
-    /// True when more than half the slots handed out are free, past `slack`.
-    pub(crate) fn wasteful(&self, slack: usize) -> bool {
-        self.top as usize > 2 * self.held as usize + slack
-    }
-
-    /// Slots in logs.
-    #[cfg(test)]
-    fn held(&self) -> usize {
-        self.held as usize
-    }
-
-    /// Rebuilds the pool holding only the entries of `logs` (every log that uses
-    /// it), each log's entries oldest first in consecutive slots.
-    pub(crate) fn compact<'a>(&mut self, logs: impl Iterator<Item = &'a mut Header>) {
-        let mut fresh = Pool::default();
-        let mut entries: Vec<(Nanos, u32)> = Vec::new();
-        for log in logs {
-            entries.clear();
-            entries.extend(log.all(self).map(|(ts, c)| (ts, narrow(c))));
-            let (mut head, mut prev) = (NIL, NIL);
-            for &(ts, c) in &entries {
-                let Some(i) = fresh.alloc(Slot { ts, c, next: NIL }) else {
-                    break;
-                };
-                if prev == NIL {
-                    head = i;
-                } else {
-                    fresh.slot_mut(prev).next = i;
-                }
-                prev = i;
-            }
-            log.older = head;
-            log.newer = NIL;
-        }
-        *self = fresh;
+    fn entries(&self) -> impl DoubleEndedIterator<Item = (Nanos, u64)> + '_ {
+        let (start, len) = (usize::from(self.start), usize::from(self.len));
+        self.ts[start..len]
+            .iter()
+            .zip(&self.c[start..len])
+            .map(|(&ts, &c)| (ts, u64::from(c)))
     }
 }
 
-/// The slots of a list, first to last, with their indices.
+/// The chunks of a list, first to last.
 #[inline]
-fn walk(pool: &Pool, head: u32) -> impl Iterator<Item = (u32, Slot)> + '_ {
-    std::iter::successors(
-        (head != NIL).then(|| (head, *pool.slot(head))),
-        |&(_, s)| (s.next != NIL).then(|| (s.next, *pool.slot(s.next))),
-    )
+fn chunks(list: &Option<Box<Chunk>>) -> impl Iterator<Item = &Chunk> {
+    std::iter::successors(list.as_deref(), |c| c.next.as_deref())
 }
 
-/// Reverses the list at `head` in place; returns the new head.
-fn reverse(pool: &mut Pool, mut head: u32) -> u32 {
-    let mut reversed = NIL;
-    while head != NIL {
-        let slot = pool.slot_mut(head);
-        let next = slot.next;
-        slot.next = reversed;
-        reversed = head;
-        head = next;
+/// The list in the other order.
+fn reverse(mut list: Option<Box<Chunk>>) -> Option<Box<Chunk>> {
+    let mut reversed = None;
+    while let Some(mut chunk) = list {
+        list = chunk.next.take();
+        chunk.next = reversed;
+        reversed = Some(chunk);
     }
     reversed
 }
 
-/// Where a check finds its log's pool: owned, or behind the shard's mutex, locked
-/// only when the check reads or writes an entry (most checks read the header alone
-/// or append one entry).
-pub(crate) trait Slots {
-    fn pool(&mut self) -> &mut Pool;
+/// A copy of the list, made without recursion.
+fn clone_list(list: &Option<Box<Chunk>>) -> Option<Box<Chunk>> {
+    let copies: Vec<Box<Chunk>> = chunks(list).map(|c| Box::new(c.clone_head())).collect();
+    let mut out = None;
+    for mut c in copies.into_iter().rev() {
+        c.next = out;
+        out = Some(c);
+    }
+    out
 }
 
-impl Slots for Pool {
-    #[inline]
-    fn pool(&mut self) -> &mut Pool {
-        self
+impl Chunk {
+    /// The chunk's own entries, without its successors.
+    fn clone_head(&self) -> Chunk {
+        Chunk {
+            ts: self.ts,
+            c: self.c,
+            start: self.start,
+            len: self.len,
+            next: None,
+        }
     }
 }
 
-/// A shard's pool, locked on first use, unlocked when dropped.
-pub(crate) struct Locked<'a> {
-    mutex: &'a Mutex<Pool>,
-    guard: Option<MutexGuard<'a, Pool>>,
-}
-
-impl<'a> Locked<'a> {
-    #[inline]
-    pub(crate) fn new(mutex: &'a Mutex<Pool>) -> Self {
-        Locked { mutex, guard: None }
+/// Frees a list without recursion (dropping a long chain recursively could overflow
+/// the stack).
+fn free(mut list: Option<Box<Chunk>>) {
+    while let Some(mut chunk) = list {
+        list = chunk.next.take();
     }
 }
 
-impl Locked<'_> {
-    /// True when the check left more than half the pool free, past `slack` (false
-    /// when it did not lock the pool).
-    #[inline]
-    pub(crate) fn wasteful(&self, slack: usize) -> bool {
-        self.guard.as_ref().is_some_and(|g| g.wasteful(slack))
-    }
-}
-
-impl Slots for Locked<'_> {
-    #[inline]
-    fn pool(&mut self) -> &mut Pool {
-        let mutex = self.mutex;
-        self.guard.get_or_insert_with(|| mutex.lock())
-    }
-}
-
-/// A log's header: what a check reads, and the heads of its two lists of entries in
-/// a [`Pool`]. The log is the entries of `older` (oldest first), then those of
-/// `newer` (held newest first). An admission puts its entry at the head of `newer`,
-/// linked to the previous head, so it writes only the new slot (no older part of the
-/// log). Pruning takes entries from `older`; when it runs out, `newer` is reversed
-/// into it (each entry once).
+/// One key's log. The default value is the fresh state.
 ///
-/// 36 bytes, 4-aligned: behind a one-byte mutex and a 24-byte key it fills the
-/// memory store's 64-byte entry.
-#[derive(Clone, Copy, Debug, Default)]
-#[repr(C, packed(4))]
-pub(crate) struct Header {
+/// The log is the entries of `older` (oldest first), then those of `newer` (held
+/// newest first), then the `npending` pending entries. A new entry is pending, in
+/// the state itself; when five are pending (or the oldest pending one is too
+/// far back to be written as an offset), they move together to a new chunk at the
+/// head of `newer`, freshly allocated: so an admission writes only the state's own
+/// bytes, and one in five writes memory that was just allocated, never an older
+/// part of the log. Pruning takes entries from `older`; when it runs out, `newer`
+/// is reversed into it (each chunk once). A pending entry is held as its offset back
+/// from `last` (the newest entry's instant) in the high 32 bits and its `c_i` in the
+/// low 32.
+///
+/// The fields are in C order, the header first: what a check reads is the first 32
+/// bytes (the memory store keeps them in the cache line of the key and the mutex),
+/// what an admission writes next.
+#[derive(Default)]
+#[repr(C)]
+pub struct SlidingWindowLogState {
+    /// Sum of every `c_i` in the log. Each admission leaves it at most the limit, a
+    /// `u32`.
+    total: u32,
+    /// How many of `pending` hold entries.
+    npending: u8,
     /// The latest instant the state was updated at: the newest entry's `ts`.
     last: Nanos,
     /// `ts_newest + W`: the instant the state is fresh again.
     expires: Nanos,
-    /// `ts` of the oldest entry (when there is one), so that a check learns that
-    /// nothing has left the window without reading the entries.
+    /// `ts` of the oldest entry (when there is one), kept beside the header so that a
+    /// check learns that nothing has left the window without reading the entries.
     oldest: Nanos,
-    /// Sum of every `c_i` in the log. Each admission leaves it at most the limit, a
-    /// `u32`.
-    total: u32,
-    /// Head of the oldest-first list.
-    older: u32,
-    /// Head of the newest-first list; all later than the entries of `older`.
-    newer: u32,
+    /// The oldest chunks, oldest first.
+    older: Option<Box<Chunk>>,
+    /// The newer chunks, newest first; all later than those of `older`.
+    newer: Option<Box<Chunk>>,
+    /// The newest entries, oldest first, all later than those in the chunks:
+    /// `(last - ts_i) << 32 | c_i`.
+    pending: [u64; PENDING],
 }
 
-const _: () = assert!(std::mem::size_of::<Header>() == 36);
+const _: () = assert!(std::mem::size_of::<SlidingWindowLogState>() == 88);
 
 /// `c` as a `u32`: counts and totals never pass a policy's limit, a `u32`.
 #[inline]
@@ -293,47 +168,196 @@ fn narrow(c: u64) -> u32 {
     u32::try_from(c).unwrap_or(u32::MAX)
 }
 
-impl Header {
-    /// The instant the state is fresh again: `ts_newest + W`, 0 when never used.
+impl Clone for SlidingWindowLogState {
+    fn clone(&self) -> Self {
+        SlidingWindowLogState {
+            total: self.total,
+            npending: self.npending,
+            last: self.last,
+            expires: self.expires,
+            oldest: self.oldest,
+            older: clone_list(&self.older),
+            newer: clone_list(&self.newer),
+            pending: self.pending,
+        }
+    }
+}
+
+impl Drop for SlidingWindowLogState {
+    fn drop(&mut self) {
+        free(self.older.take());
+        free(self.newer.take());
+    }
+}
+
+impl PartialEq for SlidingWindowLogState {
+    /// Equal logs hold the same entries, whichever part holds them.
+    fn eq(&self, other: &Self) -> bool {
+        self.total == other.total
+            && self.last == other.last
+            && self.expires == other.expires
+            && self.oldest == other.oldest
+            && self.entries().eq(other.entries())
+    }
+}
+
+impl Eq for SlidingWindowLogState {}
+
+impl std::fmt::Debug for SlidingWindowLogState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlidingWindowLogState")
+            .field("entries", &self.all().collect::<Vec<_>>())
+            .field("total", &self.total)
+            .field("last", &self.last)
+            .field("expires", &self.expires)
+            .field("oldest", &self.oldest)
+            .finish()
+    }
+}
+
+impl SlidingWindowLogState {
+    /// The admitted entries `(ts_i, c_i)` still held, oldest first.
+    pub fn entries(&self) -> impl Iterator<Item = (Nanos, u64)> + '_ {
+        self.all()
+    }
+
+    /// Sum of every `c_i` in the log.
     #[inline]
-    pub(crate) fn expires(&self) -> Nanos {
-        self.expires
+    fn total(&self) -> u64 {
+        u64::from(self.total)
+    }
+
+    /// Sets the sum of every `c_i`: at most the limit of the policy that admitted the
+    /// latest entry (after an admission `total = used + c <= L`; pruning lowers it).
+    #[inline]
+    fn set_total(&mut self, total: u64) {
+        self.total = narrow(total);
+    }
+
+    /// `ts_i` of the pending entry `i`.
+    #[inline]
+    fn pending_ts(&self, i: usize) -> Nanos {
+        self.last.saturating_sub(Nanos::new(self.pending[i] >> 32))
+    }
+
+    /// `c_i` of the pending entry `i`.
+    #[inline]
+    fn pending_c(&self, i: usize) -> u64 {
+        self.pending[i] & u64::from(u32::MAX)
+    }
+
+    /// The pending entries, oldest first.
+    #[inline]
+    fn pending(&self) -> impl Iterator<Item = (Nanos, u64)> + '_ {
+        (0..usize::from(self.npending)).map(|i| (self.pending_ts(i), self.pending_c(i)))
+    }
+
+    /// The entries of the chunks, oldest first. `newer` is walked only when reached.
+    #[inline]
+    fn chunked(&self) -> impl Iterator<Item = (Nanos, u64)> + '_ {
+        let newer = std::iter::once(()).flat_map(move |()| {
+            let list: SmallVec<[&Chunk; 8]> = chunks(&self.newer).collect();
+            list.into_iter().rev().flat_map(Chunk::entries)
+        });
+        chunks(&self.older).flat_map(Chunk::entries).chain(newer)
+    }
+
+    /// Every entry, oldest first.
+    #[inline]
+    fn all(&self) -> impl Iterator<Item = (Nanos, u64)> + '_ {
+        self.chunked().chain(self.pending())
     }
 
     #[inline]
     fn is_empty(&self) -> bool {
-        self.older == NIL && self.newer == NIL
+        self.npending == 0 && self.older.is_none() && self.newer.is_none()
     }
 
-    /// Every entry, oldest first. `newer` is walked (into a vector) only when reached.
-    fn all<'a>(&self, pool: &'a Pool) -> impl Iterator<Item = (Nanos, u64)> + 'a {
-        let newer = self.newer;
-        let later = std::iter::once(()).flat_map(move |()| {
-            let list: Vec<Slot> = walk(pool, newer).map(|(_, s)| s).collect();
-            list.into_iter().rev()
-        });
-        walk(pool, self.older)
-            .map(|(_, s)| s)
-            .chain(later)
-            .map(|s| (s.ts, u64::from(s.c)))
-    }
-
-    /// Every entry, in no particular order.
-    fn unordered<'a>(&self, pool: &'a Pool) -> impl Iterator<Item = (Nanos, u64)> + 'a {
-        walk(pool, self.older)
-            .chain(walk(pool, self.newer))
-            .map(|(_, s)| (s.ts, u64::from(s.c)))
-    }
-
-    /// Gives every slot back to the pool: the log is empty, as fresh.
-    pub(crate) fn release(&mut self, pool: &mut Pool) {
-        for head in [self.older, self.newer] {
-            let slots: Vec<u32> = walk(pool, head).map(|(i, _)| i).collect();
-            for i in slots {
-                pool.release(i);
+    /// Adds `c` to the newest entry (there is one).
+    #[inline]
+    fn add_to_newest(&mut self, c: u64) {
+        match usize::from(self.npending) {
+            0 => {
+                // Not reached: an admission leaves an entry pending, and only an
+                // admission prunes. Kept for a log that ends in a chunk.
+                if self.newer.is_none() {
+                    self.newer = reverse(self.older.take());
+                }
+                if let Some(chunk) = self.newer.as_deref_mut()
+                    && let Some(i) = usize::from(chunk.len).checked_sub(1)
+                {
+                    chunk.c[i] = narrow(u64::from(chunk.c[i]) + c);
+                }
             }
+            n => self.pending[n - 1] += c,
         }
-        *self = Header::default();
+    }
+
+    /// Moves the pending entries to the head of `newer`: as many as there is room
+    /// for into its first chunk, the rest into a new one. So every chunk is full
+    /// but the newest, the oldest, and the newest of those last reversed into
+    /// `older`: with a chunk's allocation, 16 bytes per entry.
+    /// (When five move, the first chunk is full unless the previous move was of fewer,
+    /// which happens only after a gap of seconds: a busy key writes only the new
+    /// chunk.)
+    #[inline(never)]
+    fn spill(&mut self) {
+        let n = usize::from(self.npending);
+        let moved: [(Nanos, u32); PENDING] =
+            std::array::from_fn(|i| (self.pending_ts(i), narrow(self.pending_c(i))));
+        let mut rest = &moved[..n];
+        if let Some(chunk) = self.newer.as_deref_mut() {
+            let at = usize::from(chunk.len);
+            let k = (CHUNK - at).min(rest.len());
+            for (j, &(ts, c)) in rest[..k].iter().enumerate() {
+                chunk.ts[at + j] = ts;
+                chunk.c[at + j] = c;
+            }
+            // At most CHUNK (5), so it fits in u8.
+            chunk.len = (at + k) as u8;
+            rest = &rest[k..];
+        }
+        if !rest.is_empty() {
+            let mut chunk = Box::new(Chunk {
+                ts: [Nanos::ZERO; CHUNK],
+                c: [0; CHUNK],
+                start: 0,
+                // At most PENDING (5), so it fits in u8.
+                len: rest.len() as u8,
+                next: self.newer.take(),
+            });
+            for (j, &(ts, c)) in rest.iter().enumerate() {
+                chunk.ts[j] = ts;
+                chunk.c[j] = c;
+            }
+            self.newer = Some(chunk);
+        }
+        self.npending = 0;
+    }
+
+    /// Appends an entry at `t`, later than every one held (`t > last`, or the log is
+    /// empty and `t >= last`).
+    #[inline]
+    fn push(&mut self, t: Nanos, c: u64) {
+        let shift = t.saturating_sub(self.last).as_u64();
+        let n = usize::from(self.npending);
+        if n == PENDING
+            || (n > 0 && (self.pending[0] >> 32).saturating_add(shift) > u64::from(u32::MAX))
+        {
+            self.spill();
+        }
+        let n = usize::from(self.npending);
+        for p in &mut self.pending[..n] {
+            *p += shift << 32;
+        }
+        self.pending[n] = u64::from(narrow(c));
+        // At most PENDING (5), so it fits in u8.
+        self.npending = (n + 1) as u8;
+    }
+
+    /// The instant the state is fresh again: `ts_newest + W`, 0 when never used.
+    pub fn expires(&self) -> Nanos {
+        self.expires
     }
 
     /// `ts_newest + W - t` under the policy asked now (its `W` may differ from the
@@ -346,6 +370,17 @@ impl Header {
         }
     }
 
+    /// Bytes held on the heap by this log.
+    pub fn heap_bytes(&self) -> usize {
+        (chunks(&self.older).count() + chunks(&self.newer).count()) * std::mem::size_of::<Chunk>()
+    }
+
+    /// `(ts_i, c_i)` of the entries live at `t`, oldest first.
+    fn live(&self, t: Nanos, w: Nanos) -> impl Iterator<Item = (Nanos, u64)> + '_ {
+        self.all()
+            .skip_while(move |(ts, _)| ts.saturating_add(w) <= t)
+    }
+
     /// True when some entry is no longer live at `t`.
     #[inline]
     fn has_dead(&self, t: Nanos, w: Nanos) -> bool {
@@ -355,228 +390,46 @@ impl Header {
     /// When `older` is empty, the older entries are in `newer`: reverse it into
     /// `older`, so the oldest are read first. The entries stay the same.
     #[inline]
-    fn oldest_first(&mut self, pool: &mut Pool) {
-        if self.older == NIL && self.newer != NIL {
-            self.older = reverse(pool, self.newer);
-            self.newer = NIL;
+    fn oldest_first(&mut self) {
+        if self.older.is_none() && self.newer.is_some() {
+            self.older = reverse(self.newer.take());
         }
     }
 
     /// Drops the entries that are no longer live at `t`.
-    fn prune(&mut self, t: Nanos, w: Nanos, pool: &mut Pool) {
+    fn prune(&mut self, t: Nanos, w: Nanos) {
         if !self.has_dead(t, w) {
             return;
         }
         loop {
-            self.oldest_first(pool);
-            if self.older == NIL {
+            self.oldest_first();
+            let Some(chunk) = self.older.as_deref_mut() else {
                 break;
-            }
-            let i = self.older;
-            let s = *pool.slot(i);
-            if s.ts.saturating_add(w) > t {
-                // Everything after it is later still: all live.
-                self.oldest = s.ts;
-                return;
-            }
-            self.total -= s.c;
-            self.older = s.next;
-            pool.release(i);
-        }
-    }
-
-    /// Adds `c` to the newest entry (there is one).
-    fn add_to_newest(&mut self, c: u64, pool: &mut Pool) {
-        // The newest is the head of `newer`, or when `newer` is empty (just reversed
-        // into `older`) the last of `older`.
-        let newest = if self.newer != NIL {
-            Some(self.newer)
-        } else {
-            walk(pool, self.older).last().map(|(i, _)| i)
-        };
-        if let Some(i) = newest {
-            let slot = pool.slot_mut(i);
-            slot.c = narrow(u64::from(slot.c) + c);
-        }
-    }
-
-    /// Appends an entry at `t`, later than every one held.
-    #[inline]
-    fn push(&mut self, t: Nanos, c: u64, pool: &mut Pool) {
-        let slot = Slot {
-            ts: t,
-            c: narrow(c),
-            next: self.newer,
-        };
-        match pool.alloc(slot) {
-            Some(i) => self.newer = i,
-            // Not reached (2^32 - 1 entries in one pool): fold into the newest.
-            None => self.add_to_newest(c, pool),
-        }
-    }
-}
-
-/// Decides a request of `cost` at `now` on the log `log` whose entries are in
-/// `slots`; when `consume` is true and the request is admitted, it is appended.
-#[inline]
-pub(crate) fn check_in(
-    policy: &Policy,
-    log: &mut Header,
-    slots: &mut impl Slots,
-    now: Nanos,
-    cost: NonZeroU32,
-    consume: bool,
-) -> Decision {
-    let t = now.max(log.last);
-    let w = policy.period();
-    let dead: u64 = if log.has_dead(t, w) {
-        let pool = slots.pool();
-        log.oldest_first(pool);
-        log.all(pool)
-            .take_while(|(ts, _)| ts.saturating_add(w) <= t)
-            .map(|(_, c)| c)
-            .sum()
-    } else {
-        0
-    };
-    let used = u64::from(log.total) - dead;
-    let limit = u64::from(policy.limit());
-    let c = u64::from(cost.get());
-    let mut decision = Decision {
-        allowed: false,
-        limit: policy.limit(),
-        remaining: limit.saturating_sub(used),
-        reset_after: log.reset_after(t, w),
-        retry_after: None,
-        delay: Nanos::ZERO,
-        reason: Some(DenyReason::CostExceedsCapacity),
-    };
-    if c > limit {
-        return decision;
-    }
-    if used + c <= limit {
-        if consume {
-            let pool = slots.pool();
-            // `t` becomes the state's time: entries dead now stay dead.
-            log.prune(t, w, pool);
-            // The newest entry is at `last`: one admitted at the same instant shares
-            // its slot (`last` tells without reading the entries).
-            if !log.is_empty() && { log.last } == t {
-                log.add_to_newest(c, pool);
-            } else {
-                if log.is_empty() {
-                    log.oldest = t;
+            };
+            while chunk.start < chunk.len {
+                let i = usize::from(chunk.start);
+                if chunk.ts[i].saturating_add(w) > t {
+                    // Everything after it is later still: all live.
+                    self.oldest = chunk.ts[i];
+                    return;
                 }
-                log.push(t, c, pool);
+                self.total -= chunk.c[i];
+                chunk.start += 1;
             }
-            log.total = narrow(u64::from(log.total) + c);
-            log.last = t;
-            log.expires = t.saturating_add(w);
+            let next = chunk.next.take();
+            self.older = next;
         }
-        decision.allowed = true;
-        decision.remaining = limit - used - c;
-        decision.reset_after = w;
-        decision.reason = None;
-    } else {
-        let need = used + c - limit;
-        let pool = slots.pool();
-        log.oldest_first(pool);
-        let mut sum = 0;
-        let mut retry = Nanos::ZERO;
-        for (ts, n) in log
-            .all(pool)
-            .skip_while(|(ts, _)| ts.saturating_add(w) <= t)
-        {
-            sum += n;
-            if sum >= need {
-                retry = ts.saturating_add(w).saturating_sub(t);
-                break;
-            }
-        }
-        decision.retry_after = Some(retry);
-        decision.reason = Some(DenyReason::Limited);
-    }
-    decision
-}
-
-/// `(remaining, reset_after)` at `now` with nothing consumed, for the log `log`
-/// whose entries are in `pool`.
-pub(crate) fn view_in(policy: &Policy, log: &Header, pool: &Pool, now: Nanos) -> (u64, Nanos) {
-    let t = now.max(log.last);
-    let w = policy.period();
-    let used: u64 = log
-        .unordered(pool)
-        .filter(|(ts, _)| ts.saturating_add(w) > t)
-        .map(|(_, c)| c)
-        .sum();
-    (
-        u64::from(policy.limit()).saturating_sub(used),
-        log.reset_after(t, w),
-    )
-}
-
-/// One key's log, with its own pool of entries. The default value is the fresh
-/// state.
-///
-/// Memory is O(L): entries admitted at the same instant share one 16-byte slot,
-/// entries that left the window are dropped when an admission is recorded, and the
-/// pool is rebuilt when more than half of it is free.
-#[derive(Clone, Default)]
-pub struct SlidingWindowLogState {
-    header: Header,
-    pool: Pool,
-}
-
-impl PartialEq for SlidingWindowLogState {
-    /// Equal logs hold the same entries, whichever list and slots hold them.
-    fn eq(&self, other: &Self) -> bool {
-        let (a, b) = (&self.header, &other.header);
-        let (a_last, a_expires, a_oldest, a_total) = (a.last, a.expires, a.oldest, a.total);
-        let (b_last, b_expires, b_oldest, b_total) = (b.last, b.expires, b.oldest, b.total);
-        a_total == b_total
-            && a_last == b_last
-            && a_expires == b_expires
-            && a_oldest == b_oldest
-            && self.entries().eq(other.entries())
-    }
-}
-
-impl Eq for SlidingWindowLogState {}
-
-impl std::fmt::Debug for SlidingWindowLogState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let h = self.header;
-        let (last, expires, oldest, total) = (h.last, h.expires, h.oldest, h.total);
-        f.debug_struct("SlidingWindowLogState")
-            .field("entries", &self.entries().collect::<Vec<_>>())
-            .field("total", &total)
-            .field("last", &last)
-            .field("expires", &expires)
-            .field("oldest", &oldest)
-            .finish()
-    }
-}
-
-impl SlidingWindowLogState {
-    /// The admitted entries `(ts_i, c_i)` still held, oldest first.
-    pub fn entries(&self) -> impl Iterator<Item = (Nanos, u64)> + '_ {
-        self.header.all(&self.pool)
-    }
-
-    /// The instant the state is fresh again: `ts_newest + W`, 0 when never used.
-    pub fn expires(&self) -> Nanos {
-        self.header.expires
-    }
-
-    /// Bytes held on the heap by this log.
-    pub fn heap_bytes(&self) -> usize {
-        self.pool.heap_bytes()
-    }
-
-    /// Rebuilds the pool when more than half of it is free.
-    fn tidy(&mut self) {
-        if self.pool.wasteful(16) {
-            self.pool.compact(std::iter::once(&mut self.header));
+        let n = usize::from(self.npending);
+        let dead = (0..n)
+            .take_while(|&i| self.pending_ts(i).saturating_add(w) <= t)
+            .count();
+        let gone: u64 = (0..dead).map(|i| self.pending_c(i)).sum();
+        self.set_total(self.total() - gone);
+        self.pending.copy_within(dead..n, 0);
+        // At most PENDING (5), so it fits in u8.
+        self.npending = (n - dead) as u8;
+        if self.npending > 0 {
+            self.oldest = self.pending_ts(0);
         }
     }
 }
@@ -590,23 +443,85 @@ pub fn check(
     cost: NonZeroU32,
     consume: bool,
 ) -> Decision {
-    let decision = check_in(
-        policy,
-        &mut state.header,
-        &mut state.pool,
-        now,
-        cost,
-        consume,
-    );
-    if consume && decision.allowed {
-        state.tidy();
+    let t = now.max(state.last);
+    let w = policy.period();
+    let dead: u64 = if state.has_dead(t, w) {
+        state.oldest_first();
+        state
+            .all()
+            .take_while(|(ts, _)| ts.saturating_add(w) <= t)
+            .map(|(_, c)| c)
+            .sum()
+    } else {
+        0
+    };
+    let used = state.total() - dead;
+    let limit = u64::from(policy.limit());
+    let c = u64::from(cost.get());
+    let mut decision = Decision {
+        allowed: false,
+        limit: policy.limit(),
+        remaining: limit.saturating_sub(used),
+        reset_after: state.reset_after(t, w),
+        retry_after: None,
+        delay: Nanos::ZERO,
+        reason: Some(DenyReason::CostExceedsCapacity),
+    };
+    if c > limit {
+        return decision;
+    }
+    if used + c <= limit {
+        if consume {
+            // `t` becomes the state's time: entries dead now stay dead.
+            state.prune(t, w);
+            // The newest entry is at `last`: one admitted at the same instant shares
+            // its slot (`last` tells without reading the entries).
+            if !state.is_empty() && state.last == t {
+                state.add_to_newest(c);
+            } else {
+                if state.is_empty() {
+                    state.oldest = t;
+                }
+                state.push(t, c);
+            }
+            state.set_total(state.total() + c);
+            state.last = t;
+            state.expires = t.saturating_add(w);
+        }
+        decision.allowed = true;
+        decision.remaining = limit - used - c;
+        decision.reset_after = w;
+        decision.reason = None;
+    } else {
+        let need = used + c - limit;
+        let mut sum = 0;
+        let mut retry = Nanos::ZERO;
+        for (ts, n) in state.live(t, w) {
+            sum += n;
+            if sum >= need {
+                retry = ts.saturating_add(w).saturating_sub(t);
+                break;
+            }
+        }
+        decision.retry_after = Some(retry);
+        decision.reason = Some(DenyReason::Limited);
     }
     decision
 }
 
 /// `(remaining, reset_after)` at `now` with nothing consumed.
 pub fn view(policy: &Policy, state: &SlidingWindowLogState, now: Nanos) -> (u64, Nanos) {
-    view_in(policy, &state.header, &state.pool, now)
+    let t = now.max(state.last);
+    let w = policy.period();
+    let used: u64 = state
+        .all()
+        .filter(|(ts, _)| ts.saturating_add(w) > t)
+        .map(|(_, c)| c)
+        .sum();
+    (
+        u64::from(policy.limit()).saturating_sub(used),
+        state.reset_after(t, w),
+    )
 }
 
 #[cfg(test)]
@@ -619,26 +534,25 @@ mod tests {
     }
 
     /// Two logs holding the same entries are equal however the entries are split
-    /// between the two lists.
+    /// between the heap and the slots beside the header.
     #[test]
     fn equal_logs_whatever_the_split() {
         let p = match Policy::new(Algorithm::SlidingWindowLog, 10, Nanos::new(100)) {
             Ok(p) => p,
             Err(e) => panic!("{e}"),
         };
-        // a: at 101 the entry at 1 has left the window.
+        // a: 1 to 5 beside the header; 6 moves them to a chunk; at 101 the entry at
+        // 1 has left the window: chunk [2, 3, 4, 5], beside the header [6, 101].
         let mut a = SlidingWindowLogState::default();
         for t in [1, 2, 3, 4, 5, 6, 101] {
             admit(&p, &mut a, t);
         }
+        // b: chunk [2, 3, 4, 5, 6], beside the header [101].
         let mut b = SlidingWindowLogState::default();
         for t in [2, 3, 4, 5, 6, 101] {
             admit(&p, &mut b, t);
         }
-        // a's admission at 101 pruned, reversing the older entries: [2, 3, 4, 5, 6]
-        // oldest first, [101] newest first; b's are all newest first.
-        let (a_older, b_older) = (a.header.older, b.header.older);
-        assert_ne!(a_older == NIL, b_older == NIL);
+        assert_ne!(a.npending, b.npending);
         assert_eq!(
             a.entries().collect::<Vec<_>>(),
             [2, 3, 4, 5, 6, 101].map(|t| (Nanos::new(t), 1))
@@ -734,9 +648,9 @@ mod tests {
         }
     }
 
-    /// Long logs (many entries, both lists, pool rebuilds), gaps from nothing to more
-    /// than 32 bits of nanoseconds, denials, peeks and instants out of order: every
-    /// decision and every live entry as the reference.
+    /// Long logs (more entries than the header and several chunks hold), gaps from
+    /// nothing to more than a pending entry's 32-bit offset, denials, peeks and
+    /// instants out of order: every decision and every live entry as the reference.
     #[test]
     fn long_logs_match_the_reference() {
         let mut seed = 0x1065_u64;
@@ -756,7 +670,7 @@ mod tests {
             let mut state = SlidingWindowLogState::default();
             let mut reference = Reference::default();
             let mut now = 1u64 << 40;
-            let mut most_held = 0;
+            let mut most_chunks = 0;
             for step in 0..6_000 {
                 let r = next();
                 let gap = match r % 10 {
@@ -785,19 +699,20 @@ mod tests {
                 }
                 let live: Vec<(Nanos, u64)> = state
                     .entries()
-                    .filter(|(ts, _)| ts.saturating_add(Nanos::new(w)) > { state.header.last })
+                    .filter(|(ts, _)| ts.saturating_add(Nanos::new(w)) > state.last)
                     .collect();
                 assert_eq!(live, reference.live(w), "limit {limit} w {w} step {step}");
                 assert_eq!(state.clone(), state);
-                // One slot per entry held, and at most half the pool free (past 16).
+                let chunks = state.heap_bytes() / std::mem::size_of::<Chunk>();
+                most_chunks = most_chunks.max(chunks);
+                // Every chunk full but at most three: the newest, the oldest, and the
+                // newest of those reversed into `older`.
                 let held = state.entries().count();
-                assert_eq!(state.pool.held(), held, "step {step}");
-                assert!(!state.pool.wasteful(16), "step {step}");
-                most_held = most_held.max(held);
+                assert!(chunks <= held.saturating_sub(usize::from(state.npending)) / CHUNK + 3);
             }
             assert!(
-                most_held >= 20,
-                "limit {limit} w {w}: {most_held} entries at most"
+                most_chunks >= 4,
+                "limit {limit} w {w}: {most_chunks} chunks at most"
             );
         }
     }
