@@ -19,6 +19,8 @@
 # the Redis rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
@@ -70,13 +72,6 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"policy":"bench","key":"k1"}'
 LUA
 
-wait_for() {
-  for _ in $(seq 1 100); do
-    curl -s -o /dev/null "$1" && return 0
-    sleep 0.1
-  done
-  return 1
-}
 
 stores=(memory)
 port=$BASE_PORT
@@ -156,8 +151,6 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo
 echo "$IN_FLIGHT in flight, $THREADS load threads, median of $ROUNDS round(s) of $DURATION s"
 printf '%-8s %16s %16s %16s %18s\n' store "gRPC (h2load)" "HTTP (h2load)" "HTTP (wrk)" "gRPC / best HTTP"

@@ -16,6 +16,8 @@
 # decision, not of 429s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-50}
@@ -116,13 +118,6 @@ cat > "$work/hello.lua" <<'LUA'
 wrk.headers["x-key"] = "hello"
 LUA
 
-wait_for() {
-  for _ in $(seq 1 100); do
-    curl -s -o /dev/null "$1" && return 0
-    sleep 0.1
-  done
-  return 1
-}
 wait_for "http://127.0.0.1:$MEM_PORT/healthz"
 wait_for "http://127.0.0.1:$HELLO_PORT/"
 if [ "$crab_ok" = 1 ] && ! wait_for "http://127.0.0.1:$CRAB_PORT/health"; then
@@ -166,7 +161,6 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 declare -A m
 echo
 echo "wrk -t$WRK_THREADS -c$CONNS -d$DURATION, median of $ROUNDS round(s)"
@@ -175,7 +169,6 @@ for name in "${names[@]}"; do
   m[$name]=$(echo "${rps[$name]}" | median)
   printf '%-14s %12s %10s\n' "$name" "${m[$name]}" "$(echo "${p99[$name]}" | median)"
 done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo
 echo "memory, hot key    / hello-world: $(ratio "${m[mem_hot]}" "${m[hello]}")"
 echo "memory, 100k keys  / hello-world: $(ratio "${m[mem_random]}" "${m[hello]}") (driven by a fixed request), $(ratio "${m[mem_random]}" "${m[hello_r]}") (hello_r: driven by random requests, as the 100k-keys rows are)"
