@@ -2,7 +2,7 @@
 //! mode's), and the fields and refusals made from it.
 
 use std::any::Any;
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
@@ -108,8 +108,9 @@ pub(crate) enum Decided {
         /// The `leaky_bucket` wait before the inner service is called.
         delay: Nanos,
     },
-    /// A 429 or a 503, ready to send.
-    Refuse(Response<Full<Bytes>>),
+    /// A 429, 400 or 503, ready to send (boxed: a refusal is rare, and an
+    /// admission, moved on every request, is then the size of its fields).
+    Refuse(Box<Response<Full<Bytes>>>),
     /// The store failed and the mode is `allow`.
     Pass,
 }
@@ -141,10 +142,10 @@ fn judge<S, E: std::error::Error>(
             Fallback::Decided(verdict) => verdict,
             Fallback::Pass => return Decided::Pass,
             Fallback::Unavailable => {
-                return Decided::Refuse(response::plain_problem(
+                return Decided::Refuse(Box::new(response::plain_problem(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the rate limiter cannot decide now; try again shortly",
-                ));
+                )));
             }
         },
     };
@@ -157,7 +158,7 @@ fn judge<S, E: std::error::Error>(
             delay: verdict.decision.delay,
         }
     } else {
-        Decided::Refuse(denied(shared, &verdict, prepared.cost))
+        Decided::Refuse(Box::new(denied(shared, &verdict, prepared.cost)))
     }
 }
 
@@ -180,7 +181,7 @@ pub(crate) fn at_once<S: Store + 'static>(shared: &Shared<S>, parts: &Parts) -> 
 thread_local! {
     /// The store keys of a request deciding in memory, reused from request to
     /// request on this thread: the memory store only borrows them.
-    static SCRATCH: Cell<SmallVec<[String; 2]>> = Cell::new(SmallVec::new());
+    static SCRATCH: RefCell<SmallVec<[String; 2]>> = const { RefCell::new(SmallVec::new_const()) };
 }
 
 /// Scratch keys grown beyond this many bytes in all are dropped rather than kept
@@ -192,43 +193,65 @@ fn decide_in_memory<S, C: Clock>(
     memory: &MemoryStore<C>,
     parts: &Parts,
 ) -> Decided {
-    let cost = shared.cost.as_ref().map_or(NonZeroU32::MIN, |f| f(parts));
-    let mut keys = SCRATCH.take();
-    let decided = match fill_keys(shared, parts, &mut keys) {
-        Err(detail) => bad_request(&detail),
-        Ok(()) => match (&*shared.policies, &keys[..]) {
-            // One policy: the memory store's single check, what its `check_all`
-            // does for a stack of one.
-            ([policy], [k]) => {
-                let d = memory.check_n(k, &policy.policy, cost);
-                if d.allowed {
-                    Decided::Admit {
-                        fields: Fields::new(shared, std::slice::from_ref(&d), &d),
-                        delay: d.delay,
-                    }
-                } else {
-                    let verdict = Verdict::from_decisions(smallvec![d]);
-                    Decided::Refuse(denied(shared, &verdict, cost))
-                }
-            }
-            _ => {
-                let prepared = Prepared { keys, cost };
-                let result = memory.check_all(&checks(shared, &prepared, false));
-                let decided = judge(shared, result, &prepared, true);
-                keys = prepared.keys;
-                decided
-            }
-        },
-    };
-    if keys.iter().map(String::capacity).sum::<usize>() <= SCRATCH_KEEP {
-        SCRATCH.set(keys);
+    let decided = SCRATCH.try_with(|scratch| {
+        // Busy only if a key or cost function decides a request itself.
+        let mut scratch = scratch.try_borrow_mut().ok()?;
+        let decided = decide_with_keys(shared, memory, parts, &mut scratch);
+        if scratch.iter().map(String::capacity).sum::<usize>() > SCRATCH_KEEP {
+            *scratch = SmallVec::new();
+        }
+        Some(decided)
+    });
+    match decided {
+        Ok(Some(decided)) => decided,
+        _ => decide_with_keys(shared, memory, parts, &mut SmallVec::new()),
     }
-    decided
+}
+
+fn decide_with_keys<S, C: Clock>(
+    shared: &Shared<S>,
+    memory: &MemoryStore<C>,
+    parts: &Parts,
+    keys: &mut SmallVec<[String; 2]>,
+) -> Decided {
+    let cost = shared.cost.as_ref().map_or(NonZeroU32::MIN, |f| f(parts));
+    if let Err(detail) = fill_keys(shared, parts, keys) {
+        return bad_request(&detail);
+    }
+    match (&*shared.policies, &keys[..]) {
+        // One policy: the memory store's single check, what its `check_all`
+        // does for a stack of one.
+        ([policy], [k]) => {
+            let d = memory.check_n(k, &policy.policy, cost);
+            if d.allowed {
+                Decided::Admit {
+                    fields: Fields::new(shared, std::slice::from_ref(&d), &d),
+                    delay: d.delay,
+                }
+            } else {
+                let verdict = Verdict::from_decisions(smallvec![d]);
+                Decided::Refuse(Box::new(denied(shared, &verdict, cost)))
+            }
+        }
+        _ => {
+            let prepared = Prepared {
+                keys: std::mem::take(keys),
+                cost,
+            };
+            let result = memory.check_all(&checks(shared, &prepared, false));
+            let decided = judge(shared, result, &prepared, true);
+            *keys = prepared.keys;
+            decided
+        }
+    }
 }
 
 /// The `400` of a request without a usable key.
 fn bad_request(detail: &str) -> Decided {
-    Decided::Refuse(response::plain_problem(StatusCode::BAD_REQUEST, detail))
+    Decided::Refuse(Box::new(response::plain_problem(
+        StatusCode::BAD_REQUEST,
+        detail,
+    )))
 }
 
 /// One check per policy: with the shared store's policies, or the local share.
@@ -321,7 +344,9 @@ fn denied<S>(shared: &Shared<S>, verdict: &Verdict, cost: NonZeroU32) -> Respons
 pub(crate) struct Fields {
     policy: Option<HeaderValue>,
     ratelimit: Option<HeaderValue>,
-    legacy: Option<Decision>,
+    /// The reported decision's limit, remaining and reset (what the legacy fields
+    /// show), not the whole decision: the fields are moved on every request.
+    legacy: Option<[u64; 3]>,
 }
 
 impl Fields {
@@ -336,7 +361,13 @@ impl Fields {
         Fields {
             policy: shared.policy_header.clone(),
             ratelimit: response::ratelimit_field(items),
-            legacy: shared.legacy_headers.then_some(*reported),
+            legacy: shared.legacy_headers.then(|| {
+                [
+                    u64::from(reported.limit),
+                    reported.remaining,
+                    response::item_reset(reported),
+                ]
+            }),
         }
     }
 
@@ -350,8 +381,8 @@ impl Fields {
         if let Some(value) = self.ratelimit {
             headers.append(RATELIMIT, value);
         }
-        if let Some(decision) = &self.legacy {
-            response::legacy_fields(headers, decision);
+        if let Some([limit, remaining, reset]) = self.legacy {
+            response::legacy_fields(headers, limit, remaining, reset);
         }
     }
 }

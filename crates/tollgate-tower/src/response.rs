@@ -2,9 +2,10 @@
 //! draft-ietf-httpapi-ratelimit-headers-10, `Retry-After`, the legacy
 //! `X-RateLimit-*` fields, and the problem+json bodies of its own answers.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
@@ -92,11 +93,44 @@ where
     if most <= FIELD_STACK {
         let mut stack = [0u8; FIELD_STACK];
         let start = write_items(&mut stack, items)?;
-        return HeaderValue::from_bytes(stack.get(start..)?).ok();
+        return header_value(stack.get(start..)?);
     }
     let mut heap = vec![0u8; most];
     let start = write_items(&mut heap, items)?;
-    HeaderValue::from_bytes(heap.get(start..)?).ok()
+    header_value(heap.get(start..)?)
+}
+
+thread_local! {
+    /// Where this thread's `RateLimit` values live: each value is a slice of one
+    /// shared buffer (a reference count, no allocation of its own), and the buffer
+    /// is reused from its start once every value cut from it has been dropped (as
+    /// a server's responses are, once written).
+    static FIELD_ARENA: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// The size of [`FIELD_ARENA`]'s buffer: a response still held keeps at most
+/// this much alive.
+const FIELD_ARENA_SIZE: usize = 2048;
+
+/// A header value holding a copy of `bytes`, cut from this thread's
+/// [`FIELD_ARENA`] (a `malloc` and a `free` per response cost more than the rest
+/// of the field). The value is validated as `HeaderValue::from_bytes` does.
+fn header_value(bytes: &[u8]) -> Option<HeaderValue> {
+    let copy = FIELD_ARENA
+        .try_with(|arena| {
+            let mut arena = arena.try_borrow_mut().ok()?;
+            if arena.capacity() < bytes.len() {
+                // Reclaims the buffer if no value cut from it is alive, else
+                // starts a new one (the old one lives on with its values).
+                arena.reserve(FIELD_ARENA_SIZE.max(bytes.len()));
+            }
+            arena.extend_from_slice(bytes);
+            Some(arena.split().freeze())
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Bytes::copy_from_slice(bytes));
+    HeaderValue::from_maybe_shared(copy).ok()
 }
 
 /// The stack buffer of [`ratelimit_field`]: one item with a name of up to 64
@@ -180,11 +214,12 @@ const PAIRS: [u8; 200] = {
     table
 };
 
-/// The legacy fields, from the reported decision.
-pub(crate) fn legacy_fields(headers: &mut HeaderMap, d: &Decision) {
-    headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(d.limit));
-    headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
-    headers.insert(X_RATELIMIT_RESET, HeaderValue::from(item_reset(d)));
+/// The legacy fields, from the reported decision's limit, remaining and reset
+/// ([`item_reset`]).
+pub(crate) fn legacy_fields(headers: &mut HeaderMap, limit: u64, remaining: u64, reset: u64) {
+    headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit));
+    headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(remaining));
+    headers.insert(X_RATELIMIT_RESET, HeaderValue::from(reset));
 }
 
 /// A denied request, as a custom denial body sees it.

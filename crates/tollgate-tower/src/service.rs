@@ -135,6 +135,7 @@ where
 
 impl<S, I: Clone> RateLimit<S, I> {
     /// The response future for a request decided inside `call`.
+    #[inline(always)]
     fn answer<ReqBody, ResBody>(
         &mut self,
         decided: Decided,
@@ -151,7 +152,7 @@ impl<S, I: Clone> RateLimit<S, I> {
             Decided::Admit { fields, delay } if delay == Nanos::ZERO => {
                 ResponseFuture::inner(self.inner.call(req), Some(fields))
             }
-            Decided::Refuse(refusal) => ResponseFuture::ready(refusal),
+            Decided::Refuse(refusal) => ResponseFuture::ready(*refusal),
             Decided::Pass => ResponseFuture::inner(self.inner.call(req), None),
             Decided::Admit { fields, delay } => {
                 let inner = self.take_ready();
@@ -198,7 +199,7 @@ where
 {
     let (fields, delay) = match decision.await {
         Decided::Admit { fields, delay } => (Some(fields), delay),
-        Decided::Refuse(refusal) => return Ok(own(refusal)),
+        Decided::Refuse(refusal) => return Ok(own(*refusal)),
         Decided::Pass => (None, Nanos::ZERO),
     };
     if delay > Nanos::ZERO {
@@ -225,7 +226,7 @@ where
 {
     let uncounted_fields = match decide::decide(&shared, &prepared, false).await {
         Decided::Admit { fields, .. } => fields,
-        Decided::Refuse(response) => return Ok(own(response)),
+        Decided::Refuse(response) => return Ok(own(*response)),
         Decided::Pass => return Ok(inner.call(req).await?.map(Either::Left)),
     };
     let mut response = inner.call(req).await?;
