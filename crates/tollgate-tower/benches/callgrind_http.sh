@@ -36,9 +36,9 @@ for mode in "$@"; do
     curl -s -o /dev/null -H 'x-key: warmup' "http://127.0.0.1:$PORT/" && break
     sleep 0.2
   done
-  callgrind_control -z "$pid" >/dev/null
+  callgrind_control -z "$pid" >/dev/null 2>&1
   out=$(wrk -t1 -c8 -d"$DURATION" -s "$work/one.lua" "http://127.0.0.1:$PORT/")
-  callgrind_control -d "$pid" >/dev/null
+  callgrind_control -d "$pid" >/dev/null 2>&1
   kill "$pid"
   wait "$pid" 2>/dev/null || true
   requests=$(echo "$out" | awk '/ requests in / { print $1 }')
