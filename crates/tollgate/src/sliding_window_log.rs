@@ -124,13 +124,14 @@ fn free(mut list: Option<Box<Chunk>>) {
 /// The log is the entries of `older` (oldest first), then those of `newer` (held
 /// newest first), then the `npending` pending entries. A new entry is pending, in
 /// the state itself; when five are pending (or the oldest pending one is too
-/// far back to be written as an offset), they move together to a new chunk at the
-/// head of `newer`, freshly allocated: so an admission writes only the state's own
-/// bytes, and one in five writes memory that was just allocated, never an older
-/// part of the log. Pruning takes entries from `older`; when it runs out, `newer`
-/// is reversed into it (each chunk once). A pending entry is held as its offset back
-/// from `last` (the newest entry's instant) in the high 32 bits and its `c_i` in the
-/// low 32.
+/// far back to be written as an offset), they move together to the head of
+/// `newer`: into the room left in its first chunk (`head` tells whether there is
+/// any without reading it), else a chunk allocated for them. So an admission writes
+/// only the state's own bytes, and one in five writes memory that was just
+/// allocated, never an older part of the log. Pruning takes entries from `older`;
+/// when it runs out, `newer` is reversed into it (each chunk once). A pending entry
+/// is held as its offset back from `last` (the newest entry's instant) in the high
+/// 32 bits and its `c_i` in the low 32.
 ///
 /// The fields are in C order, the header first: what a check reads is the first 32
 /// bytes (the memory store keeps them in the cache line of the key and the mutex),
@@ -143,6 +144,10 @@ pub struct SlidingWindowLogState {
     total: u32,
     /// How many of `pending` hold entries.
     npending: u8,
+    /// The slots in use in the first chunk of `newer` (0 when `newer` is empty), so
+    /// that a spill learns that chunk is full without reading it: it was written
+    /// long ago, and reading it was a cache miss on one admission in five.
+    head: u8,
     /// The latest instant the state was updated at: the newest entry's `ts`.
     last: Nanos,
     /// `ts_newest + W`: the instant the state is fresh again.
@@ -173,6 +178,7 @@ impl Clone for SlidingWindowLogState {
         SlidingWindowLogState {
             total: self.total,
             npending: self.npending,
+            head: self.head,
             last: self.last,
             expires: self.expires,
             oldest: self.oldest,
@@ -268,9 +274,15 @@ impl SlidingWindowLogState {
         self.chunked().chain(self.pending())
     }
 
+    /// Every entry holds at least one unit (a cost is never 0), so the log is empty
+    /// exactly when its total is 0: one load instead of three.
     #[inline]
     fn is_empty(&self) -> bool {
-        self.npending == 0 && self.older.is_none() && self.newer.is_none()
+        debug_assert_eq!(
+            self.total == 0,
+            self.npending == 0 && self.older.is_none() && self.newer.is_none()
+        );
+        self.total == 0
     }
 
     /// Adds `c` to the newest entry (there is one).
@@ -282,6 +294,7 @@ impl SlidingWindowLogState {
                 // admission prunes. Kept for a log that ends in a chunk.
                 if self.newer.is_none() {
                     self.newer = reverse(self.older.take());
+                    self.head = self.newer.as_deref().map_or(0, |c| c.len);
                 }
                 if let Some(chunk) = self.newer.as_deref_mut()
                     && let Some(i) = usize::from(chunk.len).checked_sub(1)
@@ -299,15 +312,19 @@ impl SlidingWindowLogState {
     /// `older`: with a chunk's allocation, 16 bytes per entry.
     /// (When five move, the first chunk is full unless the previous move was of fewer,
     /// which happens only after a gap of seconds: a busy key writes only the new
-    /// chunk.)
+    /// chunk, and `head` tells it so without reading the full one.)
     #[inline(never)]
     fn spill(&mut self) {
         let n = usize::from(self.npending);
         let moved: [(Nanos, u32); PENDING] =
             std::array::from_fn(|i| (self.pending_ts(i), narrow(self.pending_c(i))));
         let mut rest = &moved[..n];
-        if let Some(chunk) = self.newer.as_deref_mut() {
-            let at = usize::from(chunk.len);
+        // The first chunk is read only when it has room (`head` says so).
+        if usize::from(self.head) < CHUNK
+            && let Some(chunk) = self.newer.as_deref_mut()
+        {
+            let at = usize::from(self.head);
+            debug_assert_eq!(at, usize::from(chunk.len));
             let k = (CHUNK - at).min(rest.len());
             for (j, &(ts, c)) in rest[..k].iter().enumerate() {
                 chunk.ts[at + j] = ts;
@@ -315,6 +332,7 @@ impl SlidingWindowLogState {
             }
             // At most CHUNK (5), so it fits in u8.
             chunk.len = (at + k) as u8;
+            self.head = chunk.len;
             rest = &rest[k..];
         }
         if !rest.is_empty() {
@@ -331,6 +349,8 @@ impl SlidingWindowLogState {
                 chunk.c[j] = c;
             }
             self.newer = Some(chunk);
+            // At most PENDING (5), so it fits in u8.
+            self.head = rest.len() as u8;
         }
         self.npending = 0;
     }
@@ -393,6 +413,7 @@ impl SlidingWindowLogState {
     fn oldest_first(&mut self) {
         if self.older.is_none() && self.newer.is_some() {
             self.older = reverse(self.newer.take());
+            self.head = 0;
         }
     }
 
@@ -703,6 +724,11 @@ mod tests {
                     .collect();
                 assert_eq!(live, reference.live(w), "limit {limit} w {w} step {step}");
                 assert_eq!(state.clone(), state);
+                // `head` is the first newer chunk's fill, as a spill trusts it to be.
+                assert_eq!(
+                    usize::from(state.head),
+                    state.newer.as_deref().map_or(0, |c| usize::from(c.len))
+                );
                 let chunks = state.heap_bytes() / std::mem::size_of::<Chunk>();
                 most_chunks = most_chunks.max(chunks);
                 // Every chunk full but at most three: the newest, the oldest, and the
