@@ -1,10 +1,11 @@
 //! [`RedisStore`]: the [`Store`] whose states live in Redis or a Redis Cluster.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -56,6 +57,7 @@ pub struct RedisStoreBuilder {
     connections: usize,
     root_cert: Option<Vec<u8>>,
     lazy: bool,
+    per_thread: bool,
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -66,6 +68,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("timeout", &self.timeout)
             .field("caller_clock", &self.clock.is_some())
             .field("connections", &self.connections)
+            .field("per_thread", &self.per_thread)
             .finish()
     }
 }
@@ -116,6 +119,22 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// One connection per thread that calls the store, instead of
+    /// [`RedisStoreBuilder::connections`] shared by all (default: shared; ignored for
+    /// a cluster). A thread's connection is made on its first call, on the runtime
+    /// that runs that call, and its calls are batched on that thread alone.
+    ///
+    /// For a program that runs one single-threaded runtime per thread (as the
+    /// tollgate server does): a call is then written, read and answered without
+    /// waking another thread. With shared connections each call goes to the
+    /// runtime that made them and back, and on a small machine those thread
+    /// switches cost more than the client's own work. A thread's connection lives
+    /// as long as the store.
+    pub fn connection_per_thread(mut self, yes: bool) -> Self {
+        self.per_thread = yes;
+        self
+    }
+
     /// For `rediss://`: trust the certificate authority in `pem` (PEM text) instead
     /// of the system's trust store, as for a Redis with a private CA.
     pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
@@ -154,29 +173,45 @@ impl RedisStoreBuilder {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(wait))
                     .set_response_timeout(None)
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_millis(500));
-                let mut all = Vec::with_capacity(self.connections);
-                for _ in 0..self.connections {
-                    if self.lazy {
-                        let made =
-                            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-                                .map_err(|e| {
-                                    RedisError::Config(format!("store url {}: {e}", redact(&url)))
-                                })?;
+                    // No retries inside the manager: it would sleep between them
+                    // (up to its backoff) while calls wait on it. A failed connect
+                    // fails the calls waiting for it; the next call connects anew.
+                    .set_number_of_retries(0);
+                let shared = if self.per_thread {
+                    None
+                } else {
+                    let mut all = Vec::with_capacity(self.connections);
+                    for _ in 0..self.connections {
+                        if self.lazy {
+                            let made = ConnectionManager::new_lazy_with_config(
+                                client.clone(),
+                                config.clone(),
+                            )
+                            .map_err(|e| {
+                                RedisError::Config(format!("store url {}: {e}", redact(&url)))
+                            })?;
+                            all.push(made);
+                            continue;
+                        }
+                        let made = tokio::time::timeout(
+                            wait,
+                            client.get_connection_manager_with_config(config.clone()),
+                        )
+                        .await
+                        .map_err(|_| RedisError::Timeout(wait))?
+                        .map_err(RedisError::Unavailable)?;
                         all.push(made);
-                        continue;
                     }
-                    let made = tokio::time::timeout(
-                        wait,
-                        client.get_connection_manager_with_config(config.clone()),
-                    )
-                    .await
-                    .map_err(|_| RedisError::Timeout(wait))?
-                    .map_err(RedisError::Unavailable)?;
-                    all.push(made);
-                }
-                Conns::Single(all, Mutex::new(Queue::default()))
+                    Some(Arc::new(Lane::new(all, self.timeout)))
+                };
+                Conns::Single(Box::new(Single {
+                    client,
+                    config,
+                    shared,
+                    id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
+                    lanes: Arc::new(Mutex::new(Vec::new())),
+                    timeout: self.timeout,
+                }))
             }
             Target::Cluster(nodes) => {
                 // No retries inside the client: it would resend a call whose
@@ -210,9 +245,9 @@ impl RedisStoreBuilder {
         let store = RedisStore {
             inner: Arc::new(Inner {
                 conns,
-                next: AtomicUsize::new(0),
                 prefix: self.prefix,
                 timeout: self.timeout,
+                connect_timeout: wait,
                 clock: self.clock,
                 least_ttl_ms,
                 function,
@@ -253,9 +288,104 @@ fn redact(url: &str) -> String {
 }
 
 enum Conns {
-    /// A single server's connections, and the calls waiting to be sent together.
-    Single(Vec<ConnectionManager>, Mutex<Queue>),
+    /// A single server (boxed: its client and settings are large, and the enum is
+    /// matched on every call).
+    Single(Box<Single>),
     Cluster(ClusterConnection),
+}
+
+/// A single server's connections: one [`Lane`] shared by every thread, or one per
+/// thread that calls the store ([`RedisStoreBuilder::connection_per_thread`]).
+struct Single {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// The lane every thread shares; `None` for a lane per thread.
+    shared: Option<Arc<Lane>>,
+    /// This store's number, which its threads' lanes are found by.
+    id: u64,
+    /// The per-thread lanes, owned here so they close with the store; each thread
+    /// finds its own through [`THREAD_LANES`], and takes it out when it exits.
+    lanes: Arc<Lanes>,
+    timeout: Duration,
+}
+
+/// Numbers the stores, for [`THREAD_LANES`]. Never reused, unlike an address.
+static NEXT_STORE: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's lane of each store with a lane per thread.
+    static THREAD_LANES: RefCell<ThreadLanes> = const { RefCell::new(ThreadLanes(Vec::new())) };
+}
+
+/// A thread's lanes: the store's number, the lane, and the store's list of lanes.
+/// Weak both: a dropped store's lanes close, whatever threads saw them.
+struct ThreadLanes(Vec<(u64, Weak<Lane>, Weak<Lanes>)>);
+
+/// A store's per-thread lanes.
+type Lanes = Mutex<Vec<Arc<Lane>>>;
+
+impl Drop for ThreadLanes {
+    /// The thread exits: its lanes close (their stores forget them).
+    fn drop(&mut self) {
+        for (_, lane, lanes) in &self.0 {
+            if let Some(lanes) = lanes.upgrade() {
+                lock(&lanes).retain(|l| !std::ptr::eq(Arc::as_ptr(l), lane.as_ptr()));
+            }
+        }
+    }
+}
+
+impl Single {
+    /// The lane this call goes through: the shared one, or this thread's (made now,
+    /// on the calling runtime, if this is the thread's first call).
+    fn lane(&self) -> Result<Arc<Lane>, RedisError> {
+        if let Some(shared) = &self.shared {
+            return Ok(Arc::clone(shared));
+        }
+        THREAD_LANES.with(|cell| {
+            let mut mine = cell.borrow_mut();
+            if let Some(lane) = mine
+                .0
+                .iter()
+                .find(|(id, ..)| *id == self.id)
+                .and_then(|(_, lane, _)| lane.upgrade())
+            {
+                return Ok(lane);
+            }
+            // This thread's first call (or its lanes of dropped stores linger):
+            // forget the dead ones and make this thread's.
+            mine.0
+                .retain(|(id, lane, _)| *id != self.id && lane.strong_count() > 0);
+            let conn =
+                ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+                    .map_err(RedisError::Unavailable)?;
+            let lane = Arc::new(Lane::new(vec![conn], self.timeout));
+            lock(&self.lanes).push(Arc::clone(&lane));
+            mine.0
+                .push((self.id, Arc::downgrade(&lane), Arc::downgrade(&self.lanes)));
+            Ok(lane)
+        })
+    }
+}
+
+/// Connections, and the calls waiting to be sent together on them.
+struct Lane {
+    conns: Vec<ConnectionManager>,
+    /// The connection the next batch goes out on, modulo their number.
+    next: AtomicUsize,
+    queue: Mutex<Queue>,
+    timeout: Duration,
+}
+
+impl Lane {
+    fn new(conns: Vec<ConnectionManager>, timeout: Duration) -> Lane {
+        Lane {
+            conns,
+            next: AtomicUsize::new(0),
+            queue: Mutex::new(Queue::default()),
+            timeout,
+        }
+    }
 }
 
 /// A call waiting for the next batch, and where its reply goes.
@@ -283,9 +413,9 @@ const BATCH: usize = 32;
 
 struct Inner {
     conns: Conns,
-    next: AtomicUsize,
     prefix: String,
     timeout: Duration,
+    connect_timeout: Duration,
     clock: Option<Arc<dyn Clock>>,
     least_ttl_ms: u64,
     /// The function's name (also its library's).
@@ -371,6 +501,7 @@ impl RedisStore {
             connections: 2,
             root_cert: None,
             lazy: false,
+            per_thread: false,
         }
     }
 
@@ -398,18 +529,49 @@ impl RedisStore {
     }
 
     /// Asks Redis for `PING`, within the timeout: is the store reachable?
+    ///
+    /// A connection that broke since its last call (Redis restarted, say) fails its
+    /// next call, which makes it reconnect; a `PING` can be sent again without
+    /// harm, so that failure is retried once, on the new connection. The answer is
+    /// then about Redis, not about this connection's past: with a connection per
+    /// thread, every thread answers alike.
     pub async fn ping(&self) -> Result<(), RedisError> {
-        let mut cmd = redis::cmd("PING");
-        if let Conns::Cluster(_) = self.inner.conns {
-            // A cluster routes a keyless PING to a random node: good enough.
-            cmd = redis::cmd("PING");
+        self.timed(async {
+            match self.query::<String>(redis::cmd("PING")).await {
+                Err(RedisError::Unavailable(_)) => self.query::<String>(redis::cmd("PING")).await,
+                other => other,
+            }
+        })
+        .await?
+        .and_then(|pong| {
+            if pong == "PONG" {
+                Ok(())
+            } else {
+                Err(RedisError::Reply(format!("PING answered {pong:?}")))
+            }
+        })
+    }
+
+    /// Connects this thread's connection now, within the connect timeout, when the
+    /// store has a connection per thread ([`RedisStoreBuilder::connection_per_thread`]),
+    /// so the thread's first call does not spend its timeout connecting. Otherwise
+    /// (shared connections, a cluster) the connections were made by `connect`, and
+    /// this only checks they answer. A thread that is about to serve calls (a
+    /// server's worker) calls it first.
+    pub async fn warm_up(&self) -> Result<(), RedisError> {
+        let Conns::Single(single) = &self.inner.conns else {
+            return Ok(());
+        };
+        let lane = single.lane()?;
+        let wait = self.inner.connect_timeout;
+        for conn in &lane.conns {
+            let mut conn = conn.clone();
+            tokio::time::timeout(wait, conn.send_packed_command(&redis::cmd("PING")))
+                .await
+                .map_err(|_| RedisError::Timeout(wait))?
+                .map_err(classify)?;
         }
-        let pong: String = self.timed(self.query(cmd)).await??;
-        if pong == "PONG" {
-            Ok(())
-        } else {
-            Err(RedisError::Reply(format!("PING answered {pong:?}")))
-        }
+        Ok(())
     }
 
     async fn timed<F: Future>(&self, fut: F) -> Result<F::Output, RedisError> {
@@ -437,12 +599,13 @@ impl RedisStore {
     /// runtime, calls in flight together cost one message through the client and
     /// one read for Redis, not one each.
     async fn batched(&self, cmd: redis::Cmd) -> Result<redis::Value, RedisError> {
-        let Conns::Single(_, queue) = &self.inner.conns else {
+        let Conns::Single(single) = &self.inner.conns else {
             return Err(RedisError::Reply("a batch on a cluster".to_owned()));
         };
+        let lane = single.lane()?;
         let (tx, rx) = oneshot::channel();
         let (start, full) = {
-            let mut q = lock(queue);
+            let mut q = lock(&lane.queue);
             q.calls.push((cmd, tx));
             if q.calls.len() >= BATCH {
                 q.batch += 1;
@@ -455,11 +618,10 @@ impl RedisStore {
             }
         };
         if let Some(batch) = start {
-            let inner = Arc::clone(&self.inner);
-            tokio::spawn(send_batch(Unsent(Some((inner, batch)))));
+            tokio::spawn(send_batch(Unsent(Some((Arc::clone(&lane), batch)))));
         }
         if let Some(calls) = full {
-            tokio::spawn(send_calls(Arc::clone(&self.inner), calls));
+            tokio::spawn(send_calls(lane, calls));
         }
         // The sender is only dropped unanswered when the runtime shuts down.
         rx.await.unwrap_or_else(|_| Err(gone()))
@@ -780,24 +942,21 @@ fn gone() -> RedisError {
 /// A batch not yet taken from the queue, and its number. Should its task be
 /// dropped before it runs (the runtime shutting down), the calls queued fail at
 /// once, and the queue is empty again, so the next call starts a new batch.
-struct Unsent(Option<(Arc<Inner>, u64)>);
+struct Unsent(Option<(Arc<Lane>, u64)>);
 
 impl Unsent {
     /// The batch's calls, unless another call sent them already.
-    fn take(&mut self) -> Option<(Arc<Inner>, Vec<Queued>)> {
-        let (inner, batch) = self.0.take()?;
-        let Conns::Single(_, queue) = &inner.conns else {
-            return None;
-        };
+    fn take(&mut self) -> Option<(Arc<Lane>, Vec<Queued>)> {
+        let (lane, batch) = self.0.take()?;
         let calls = {
-            let mut q = lock(queue);
+            let mut q = lock(&lane.queue);
             if q.batch != batch {
                 return None;
             }
             q.batch += 1;
             std::mem::replace(&mut q.calls, Vec::with_capacity(BATCH))
         };
-        Some((inner, calls))
+        Some((lane, calls))
     }
 }
 
@@ -811,20 +970,17 @@ impl Drop for Unsent {
     }
 }
 
-/// Sends the calls queued on a single server (see [`RedisStore::batched`]).
+/// Sends the calls queued on a lane (see [`RedisStore::batched`]).
 async fn send_batch(mut unsent: Unsent) {
     // Every task ready now runs first, and the calls they make join this batch.
     tokio::task::yield_now().await;
-    if let Some((inner, calls)) = unsent.take() {
-        send_calls(inner, calls).await;
+    if let Some((lane, calls)) = unsent.take() {
+        send_calls(lane, calls).await;
     }
 }
 
 /// Sends `calls` as one pipeline and hands each its reply.
-async fn send_calls(inner: Arc<Inner>, calls: Vec<Queued>) {
-    let Conns::Single(all, _) = &inner.conns else {
-        return;
-    };
+async fn send_calls(lane: Arc<Lane>, calls: Vec<Queued>) {
     let mut pipe = redis::Pipeline::with_capacity(calls.len());
     let mut waiting = Vec::with_capacity(calls.len());
     for (cmd, tx) in calls {
@@ -838,12 +994,12 @@ async fn send_calls(inner: Arc<Inner>, calls: Vec<Queued>) {
     if waiting.is_empty() {
         return;
     }
-    let i = inner.next.fetch_add(1, Ordering::Relaxed) % all.len();
-    let mut conn = all[i].clone();
+    let i = lane.next.fetch_add(1, Ordering::Relaxed) % lane.conns.len();
+    let mut conn = lane.conns[i].clone();
     // No call waits longer than the timeout from when it joined the batch, which was
     // before now: nobody waits for the batch after this.
     let sent = tokio::time::timeout(
-        inner.timeout,
+        lane.timeout,
         conn.send_packed_commands(&pipe, 0, waiting.len()),
     )
     .await;
@@ -869,7 +1025,7 @@ async fn send_calls(inner: Arc<Inner>, calls: Vec<Queued>) {
         }
         Err(_) => {
             for tx in waiting {
-                let _ = tx.send(Err(RedisError::Timeout(inner.timeout)));
+                let _ = tx.send(Err(RedisError::Timeout(lane.timeout)));
             }
         }
     }

@@ -73,6 +73,16 @@ impl Backend {
         }
     }
 
+    /// Readies the calling thread's connection to the store (see
+    /// [`RedisStore::warm_up`]): a worker does it as it starts, so its first
+    /// request does not spend the store timeout connecting.
+    pub async fn warm_up(&self) -> Result<(), BackendError> {
+        match &self.store {
+            Inner::Memory(_) => Ok(()),
+            Inner::Redis(r) => r.warm_up().await.map_err(BackendError::from),
+        }
+    }
+
     /// Keys held, for the memory store.
     pub fn keys_held(&self) -> Option<usize> {
         match &self.store {

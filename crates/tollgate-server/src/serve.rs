@@ -73,12 +73,14 @@ pub async fn backend(config: &Config) -> Result<Backend, ServeError> {
     }
     // Lazy: the server starts while Redis is down (on_error answers, /readyz says 503)
     // and uses it once it is up. A cluster is connected now: its client needs the
-    // slot map.
+    // slot map. A connection per thread: each worker's calls are batched, written
+    // and answered on the worker's own thread (see `serve`).
     let store = RedisStore::builder(s.url.clone())
         .key_prefix(s.key_prefix.clone())
         .timeout(s.timeout)
         .connect_timeout(Duration::from_secs(5))
         .lazy(true)
+        .connection_per_thread(true)
         .connect()
         .await
         .map_err(|e| {
@@ -445,6 +447,14 @@ async fn worker<H: GrpcService + Clone>(
     router: Router,
     grpc: Option<GrpcRoutes<H>>,
 ) {
+    // This worker's own connection to the store, made now (in the background: the
+    // worker serves meanwhile, and a call made before it is up waits for it).
+    let warming = Arc::clone(&state);
+    tokio::spawn(async move {
+        if let Err(e) = warming.backend.warm_up().await {
+            tracing::debug!(error = %e, "a worker could not connect to the store yet");
+        }
+    });
     let graceful = GracefulShutdown::new();
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1

@@ -11,7 +11,7 @@ use tollgate_redis::{RedisError, RedisStore};
 use crate::common::{prefix, raw};
 
 /// A private Redis; dropping it stops it.
-struct Server {
+pub struct Server {
     child: Option<Child>,
     port: u16,
 }
@@ -51,7 +51,7 @@ impl Server {
         server
     }
 
-    fn start() -> Server {
+    pub fn start() -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -59,7 +59,7 @@ impl Server {
         Server::start_on(port)
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 

@@ -9,6 +9,7 @@ mod cluster;
 mod common;
 mod conformance;
 mod faults;
+mod per_thread;
 mod processes;
 mod time_mode;
 mod tls;
