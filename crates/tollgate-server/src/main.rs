@@ -35,7 +35,11 @@ fn main() -> ExitCode {
                 ExitCode::from(err.exit_code())
             }
         },
-        Command::CheckConfig(args) => match config::from_file(&args.file) {
+        // The file as `serve --config FILE` would run it: the environment applied.
+        Command::CheckConfig(args) => match serve::configuration(&config::Flags {
+            config: Some(args.file.clone()),
+            port: None,
+        }) {
             Ok(config) => {
                 let mut stdout = io::stdout().lock();
                 let _ = write!(stdout, "{}", config::render(&config));
@@ -44,8 +48,8 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(err) => {
-                let _ = writeln!(io::stderr().lock(), "error: invalid configuration: {err}");
-                ExitCode::from(2)
+                let _ = writeln!(io::stderr().lock(), "error: {err}");
+                ExitCode::from(err.exit_code())
             }
         },
         Command::Simulate(args) => match simulate::main(&args) {

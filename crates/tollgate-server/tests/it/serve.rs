@@ -65,6 +65,26 @@ fn check_config_prints_the_effective_configuration() {
     ] {
         assert!(run.stdout.contains(line), "{line:?} in {run:?}");
     }
+    // The environment applies as it does for `serve`: the effective configuration.
+    let run = crate::common::command(&["check-config", good.to_str().expect("path")])
+        .env("TOLLGATE_LISTEN", "127.0.0.1:9123")
+        .env("TOLLGATE_KEY_PREFIX", "from-env:")
+        .output()
+        .expect("run tollgate");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    assert!(stdout.contains("listen = \"127.0.0.1:9123\""), "{stdout}");
+    assert!(stdout.contains("key_prefix = \"from-env:\""), "{stdout}");
+    assert!(stdout.contains("timeout = \"20ms\""), "{stdout}");
+    let run = crate::common::command(&["check-config", good.to_str().expect("path")])
+        .env("TOLLGATE_WORKERS", "many")
+        .output()
+        .expect("run tollgate");
+    assert_eq!(run.status.code(), Some(2), "{run:?}");
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("TOLLGATE_WORKERS"),
+        "{run:?}"
+    );
     let bad = crate::common::scratch_file("bad.toml", b"[store]\nnodes = 0\n");
     let run = tollgate(&["check-config", bad.to_str().expect("path")], "");
     assert_eq!(run.status, 2, "{run:?}");
