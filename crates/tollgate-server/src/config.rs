@@ -830,6 +830,15 @@ fn check_name(name: &str) -> Result<(), String> {
             "{name:?} holds {c:?}: use letters, digits, '-', '_' and '.'"
         ));
     }
+    if name.starts_with(crate::api::INLINE_PREFIX) {
+        // The decision API names inline policies this way, and their keys are
+        // `<name>:<key>`: a named policy here would share its counters with any
+        // client's inline policy of the same name.
+        return Err(format!(
+            "{name:?} starts with {:?}, which is reserved for the decision API's inline policies",
+            crate::api::INLINE_PREFIX
+        ));
+    }
     Ok(())
 }
 
@@ -1467,6 +1476,12 @@ upstream = "http://127.0.0.1:3000/"
                 3,
                 "policy[0].algorithm",
                 "unknown algorithm",
+            ),
+            (
+                "[[policy]]\nname = \"inline-gcra-10-1s-10\"\nalgorithm = \"gcra\"\nlimit = 10\nperiod = \"1s\"\n",
+                2,
+                "policy[0].name",
+                "reserved for the decision API's inline policies",
             ),
             (
                 "[[policy]]\nname = \"a:b\"\nalgorithm = \"gcra\"\nlimit = 1\nperiod = \"1s\"\n",
