@@ -27,36 +27,60 @@ fn split(key: &str) -> (Option<&str>, &str) {
 
 /// Appends the escaped tag. `%` and `}` are ASCII, so escaping bytes is escaping
 /// characters: no byte of a multi-byte UTF-8 character equals either.
-fn push_escaped(out: &mut Vec<u8>, tag: &str) {
+fn push_escaped(out: &mut impl Out, tag: &str) {
     if tag.is_empty() {
-        out.push(b'%');
+        out.put(b"%");
         return;
     }
     if !tag.bytes().any(|b| b == b'%' || b == b'}') {
-        out.extend_from_slice(tag.as_bytes());
+        out.put(tag.as_bytes());
         return;
     }
-    for b in tag.bytes() {
-        match b {
-            b'%' => out.extend_from_slice(b"%25"),
-            b'}' => out.extend_from_slice(b"%7D"),
-            other => out.push(other),
-        }
+    let mut rest = tag.as_bytes();
+    while let Some(at) = rest.iter().position(|&b| b == b'%' || b == b'}') {
+        out.put(&rest[..at]);
+        out.put(if rest[at] == b'%' { b"%25" } else { b"%7D" });
+        rest = &rest[at + 1..];
+    }
+    out.put(rest);
+}
+
+/// Where a key is written: a vector, or a command's next argument.
+trait Out {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Out for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// A command's next argument, written in place (no key allocated on the way).
+struct Arg<W>(W);
+
+impl<W: std::io::Write> Out for Arg<W> {
+    fn put(&mut self, bytes: &[u8]) {
+        // A command's buffer is a vector: writing to it cannot fail.
+        let _ = self.0.write_all(bytes);
+    }
+}
+
+fn write(out: &mut impl Out, prefix: &str, key: &str, kind: u8) {
+    let (name, tag) = split(key);
+    out.put(prefix.as_bytes());
+    out.put(b"{");
+    push_escaped(out, tag);
+    out.put(&[b'}', kind]);
+    if let Some(name) = name {
+        out.put(b":");
+        out.put(name.as_bytes());
     }
 }
 
 fn build(prefix: &str, key: &str, kind: u8) -> Vec<u8> {
-    let (name, tag) = split(key);
     let mut out = Vec::with_capacity(prefix.len() + key.len() + 8);
-    out.extend_from_slice(prefix.as_bytes());
-    out.push(b'{');
-    push_escaped(&mut out, tag);
-    out.push(b'}');
-    out.push(kind);
-    if let Some(name) = name {
-        out.push(b':');
-        out.extend_from_slice(name.as_bytes());
-    }
+    write(&mut out, prefix, key, kind);
     out
 }
 
@@ -68,6 +92,18 @@ pub(crate) fn state_key(prefix: &str, key: &str) -> Vec<u8> {
 /// The Redis key holding `key`'s sliding-window log entries.
 pub(crate) fn log_key(prefix: &str, key: &str) -> Vec<u8> {
     build(prefix, key, b'l')
+}
+
+/// Appends [`state_key`] to `cmd` as its next argument, written in place.
+pub(crate) fn arg_state_key(cmd: &mut redis::Cmd, prefix: &str, key: &str) {
+    use redis::RedisWrite;
+    write(&mut Arg(cmd.writer_for_next_arg()), prefix, key, b's');
+}
+
+/// Appends [`log_key`] to `cmd` as its next argument, written in place.
+pub(crate) fn arg_log_key(cmd: &mut redis::Cmd, prefix: &str, key: &str) {
+    use redis::RedisWrite;
+    write(&mut Arg(cmd.writer_for_next_arg()), prefix, key, b'l');
 }
 
 /// The cluster slot of both of `key`'s Redis keys.
@@ -146,6 +182,35 @@ mod tests {
         assert_eq!(text(&keys("p:", "n:")).0, "p:{%}s:n");
         assert_eq!(text(&keys("p:", "")).0, "p:{%}s");
         assert_eq!(text(&keys("p:", "n:a}b%c")).0, "p:{a%7Db%25c}s:n");
+        assert_eq!(text(&keys("p:", "n:%}")).0, "p:{%25%7D}s:n");
+    }
+
+    #[test]
+    fn keys_written_in_place_are_the_same() {
+        use redis::RedisWrite;
+        for key in ["", "a", "api:alice", "n:a}b%c", ":x", "é:ü%"] {
+            let mut cmd = redis::cmd("X");
+            arg_state_key(&mut cmd, "t:", key);
+            arg_log_key(&mut cmd, "t:", key);
+            cmd.write_arg(b"after");
+            let args: Vec<Vec<u8>> = cmd
+                .args_iter()
+                .map(|a| match a {
+                    redis::Arg::Simple(v) => v.to_vec(),
+                    _ => Vec::new(),
+                })
+                .collect();
+            assert_eq!(
+                args,
+                vec![
+                    b"X".to_vec(),
+                    state_key("t:", key),
+                    log_key("t:", key),
+                    b"after".to_vec()
+                ],
+                "{key:?}"
+            );
+        }
     }
 
     #[test]

@@ -12,13 +12,14 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use smallvec::SmallVec;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tollgate::{
     Algorithm, Check, CheckError, Clock, Decision, DenyReason, Nanos, Policy, State, Store,
     Verdict, validate,
 };
 
 use crate::error::RedisError;
-use crate::keys::{log_key, slot_of, state_key};
+use crate::keys::{arg_log_key, arg_state_key, log_key, slot_of, state_key};
 use crate::url::{Target, parse};
 
 /// The decision function's library (see `lua/tollgate.lua` for its contract), with
@@ -257,7 +258,7 @@ impl RedisStoreBuilder {
         };
         let lazy = self.lazy && !store.is_cluster();
         if !lazy {
-            tokio::time::timeout(wait, store.load())
+            tokio::time::timeout(wait, store.load(Instant::now() + store.inner.timeout))
                 .await
                 .map_err(|_| RedisError::Timeout(wait))??;
         }
@@ -382,25 +383,61 @@ impl Lane {
         Lane {
             conns,
             next: AtomicUsize::new(0),
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue {
+                pipe: redis::Pipeline::with_capacity(BATCH),
+                replies: Vec::with_capacity(BATCH),
+                deadline: Instant::now(),
+                batch: 0,
+                spare: None,
+            }),
             timeout,
         }
     }
 }
 
-/// A call waiting for the next batch, and where its reply goes.
-type Queued = (
-    redis::Cmd,
-    oneshot::Sender<Result<redis::Value, RedisError>>,
-);
+/// Where a call's reply goes.
+type Reply = oneshot::Sender<Result<redis::Value, RedisError>>;
 
 /// The calls of a single server waiting to be sent together.
-#[derive(Default)]
 struct Queue {
-    calls: Vec<Queued>,
+    /// The calls, in the order they joined.
+    pipe: redis::Pipeline,
+    /// Where each call's reply goes.
+    replies: Vec<Reply>,
+    /// When the batch's first call gives up: the batch gives up then.
+    deadline: Instant,
     /// Counts the batches taken: a task started for a batch that another call
     /// already sent (when it filled up) finds a later number and leaves.
     batch: u64,
+    /// A sent batch's emptied vectors, kept for the next batch: a batch allocates
+    /// nothing of its own (each would be large, and glibc sorts its free lists
+    /// before every large allocation).
+    spare: Option<(redis::Pipeline, Vec<Reply>)>,
+}
+
+/// Calls taken from a queue to be sent.
+struct Batch {
+    pipe: redis::Pipeline,
+    replies: Vec<Reply>,
+    deadline: Instant,
+}
+
+impl Queue {
+    /// Takes the queued calls as a batch (the next one starts empty).
+    fn take(&mut self) -> Batch {
+        self.batch += 1;
+        let (pipe, replies) = self.spare.take().unwrap_or_else(|| {
+            (
+                redis::Pipeline::with_capacity(BATCH),
+                Vec::with_capacity(BATCH),
+            )
+        });
+        Batch {
+            pipe: std::mem::replace(&mut self.pipe, pipe),
+            replies: std::mem::replace(&mut self.replies, replies),
+            deadline: self.deadline,
+        }
+    }
 }
 
 /// The most calls sent in one batch. A full batch leaves at once, so Redis works on
@@ -537,8 +574,11 @@ impl RedisStore {
     /// thread, every thread answers alike.
     pub async fn ping(&self) -> Result<(), RedisError> {
         self.timed(async {
-            match self.query::<String>(redis::cmd("PING")).await {
-                Err(RedisError::Unavailable(_)) => self.query::<String>(redis::cmd("PING")).await,
+            let deadline = Instant::now() + self.inner.timeout;
+            match self.query::<String>(redis::cmd("PING"), deadline).await {
+                Err(RedisError::Unavailable(_)) => {
+                    self.query::<String>(redis::cmd("PING"), deadline).await
+                }
                 other => other,
             }
         })
@@ -580,9 +620,15 @@ impl RedisStore {
             .map_err(|_| RedisError::Timeout(self.inner.timeout))
     }
 
-    async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, RedisError> {
+    /// Sends `cmd`. On a single server the call gives up at `deadline` (the batch
+    /// it joins does); on a cluster the client's response timeout bounds it.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        cmd: redis::Cmd,
+        deadline: Instant,
+    ) -> Result<T, RedisError> {
         let value = match &self.inner.conns {
-            Conns::Single(..) => self.batched(cmd).await?,
+            Conns::Single(..) => self.batched(cmd, deadline).await?,
             Conns::Cluster(conn) => {
                 let mut conn = conn.clone();
                 return cmd.query_async::<T>(&mut conn).await.map_err(classify);
@@ -598,7 +644,15 @@ impl RedisStore {
     /// as one pipeline, one write, on the next connection in turn. Whatever the
     /// runtime, calls in flight together cost one message through the client and
     /// one read for Redis, not one each.
-    async fn batched(&self, cmd: redis::Cmd) -> Result<redis::Value, RedisError> {
+    ///
+    /// A batch gives up at the deadline of its first call, which is never later
+    /// than any other's (they joined after it): no call waits past its own deadline,
+    /// and none needs a timer of its own.
+    async fn batched(
+        &self,
+        cmd: redis::Cmd,
+        deadline: Instant,
+    ) -> Result<redis::Value, RedisError> {
         let Conns::Single(single) = &self.inner.conns else {
             return Err(RedisError::Reply("a batch on a cluster".to_owned()));
         };
@@ -606,12 +660,14 @@ impl RedisStore {
         let (tx, rx) = oneshot::channel();
         let (start, full) = {
             let mut q = lock(&lane.queue);
-            q.calls.push((cmd, tx));
-            if q.calls.len() >= BATCH {
-                q.batch += 1;
-                let calls = std::mem::replace(&mut q.calls, Vec::with_capacity(BATCH));
-                (None, Some(calls))
-            } else if q.calls.len() == 1 {
+            q.pipe.add_command(cmd);
+            q.replies.push(tx);
+            if q.replies.len() == 1 {
+                q.deadline = deadline;
+            }
+            if q.replies.len() >= BATCH {
+                (None, Some(q.take()))
+            } else if q.replies.len() == 1 {
                 (Some(q.batch), None)
             } else {
                 (None, None)
@@ -620,8 +676,8 @@ impl RedisStore {
         if let Some(batch) = start {
             tokio::spawn(send_batch(Unsent(Some((Arc::clone(&lane), batch)))));
         }
-        if let Some(calls) = full {
-            tokio::spawn(send_calls(lane, calls));
+        if let Some(batch) = full {
+            tokio::spawn(send_calls(lane, batch));
         }
         // The sender is only dropped unanswered when the runtime shuts down.
         rx.await.unwrap_or_else(|_| Err(gone()))
@@ -663,17 +719,24 @@ impl RedisStore {
     async fn decide(&self, checks: &[Check<'_>], mode: Mode) -> Result<Verdict, RedisError> {
         Self::check_args(checks)?;
         let now = self.inner.clock.as_ref().map(|c| c.now());
+        let deadline = Instant::now() + self.inner.timeout;
         if let [check] = checks {
             // One check, the common call: its own short path, whose future (moved
-            // a few times on its way to the runtime) stays small.
-            let answer = self.timed(self.run_single(mode, now, check)).await??;
+            // a few times on its way to the runtime) stays small. On a single server
+            // the deadline bounds it (its batch gives up then) without a timer.
+            let answer = if self.is_cluster() {
+                self.timed(self.run_single(mode, now, check, deadline))
+                    .await??
+            } else {
+                self.run_single(mode, now, check, deadline).await?
+            };
             return Ok(Verdict::from_decisions(smallvec::smallvec![
                 answer.decision
             ]));
         }
         // A stack: the general path, boxed so its larger state does not grow the
         // one-check future.
-        Box::pin(self.timed(self.decide_groups(checks, mode, now))).await?
+        Box::pin(self.timed(self.decide_groups(checks, mode, now, deadline))).await?
     }
 
     async fn decide_groups(
@@ -681,6 +744,7 @@ impl RedisStore {
         checks: &[Check<'_>],
         mode: Mode,
         now: Option<Nanos>,
+        deadline: Instant,
     ) -> Result<Verdict, RedisError> {
         let groups = self.groups(checks);
         let mut answers: SmallVec<[Option<Answer>; 4]> = smallvec::smallvec![None; checks.len()];
@@ -689,7 +753,7 @@ impl RedisStore {
         for (g, group) in groups.iter().enumerate() {
             // After a denial, the remaining slots are only looked at.
             let this = if denied { Mode::Peek } else { mode };
-            let (at, got) = self.run(this, now, None, group, checks).await?;
+            let (at, got) = self.run(this, now, None, group, checks, deadline).await?;
             let group_denied = got.iter().any(|a| !a.decision.allowed);
             for (&i, a) in group.iter().zip(got) {
                 answers[i] = Some(a);
@@ -704,7 +768,14 @@ impl RedisStore {
                 // more) until their keys expire.
                 for &(cg, cat) in &consumed {
                     let _ = self
-                        .run(Mode::GiveBack, None, Some(cat), &groups[cg], checks)
+                        .run(
+                            Mode::GiveBack,
+                            None,
+                            Some(cat),
+                            &groups[cg],
+                            checks,
+                            deadline,
+                        )
                         .await;
                 }
                 consumed.clear();
@@ -733,11 +804,12 @@ impl RedisStore {
         used: Option<Instant2>,
         group: &[usize],
         checks: &[Check<'_>],
+        deadline: Instant,
     ) -> Result<(Instant2, SmallVec<[Answer; 4]>), RedisError> {
         if checks.len() == 1 && mode != Mode::GiveBack {
             // A stack of one check: the lean sibling function, whose answer is its
             // decision alone (the instant is only needed for a give-back).
-            let answer = self.run_single(mode, now, &checks[0]).await?;
+            let answer = self.run_single(mode, now, &checks[0], deadline).await?;
             return Ok((Instant2(0, 0), smallvec::smallvec![answer]));
         }
         let mut cmd = redis::cmd("FCALL");
@@ -781,7 +853,7 @@ impl RedisStore {
             }
             cmd.arg(c.cost.get());
         }
-        let reply: Vec<i64> = self.fcall(|| cmd.clone()).await?;
+        let reply: Vec<i64> = self.fcall(|| cmd.clone(), deadline).await?;
         let bad = || RedisError::Reply(format!("the function answered {} numbers", reply.len()));
         if reply.len() < 2 {
             return Err(bad());
@@ -808,6 +880,7 @@ impl RedisStore {
         mode: Mode,
         now: Option<Nanos>,
         check: &Check<'_>,
+        deadline: Instant,
     ) -> Result<Answer, RedisError> {
         let p = check.policy;
         let log = p.algorithm() == Algorithm::SlidingWindowLog;
@@ -837,9 +910,9 @@ impl RedisStore {
             cmd.arg("FCALL")
                 .arg(&self.inner.single)
                 .arg(if log { "2" } else { "1" });
-            cmd.arg(state_key(&self.inner.prefix, check.key));
+            arg_state_key(&mut cmd, &self.inner.prefix, check.key);
             if log {
-                cmd.arg(log_key(&self.inner.prefix, check.key));
+                arg_log_key(&mut cmd, &self.inner.prefix, check.key);
             }
             spec.write(&mut cmd);
             if let Some(t) = now {
@@ -848,7 +921,7 @@ impl RedisStore {
             }
             cmd
         };
-        match self.fcall::<redis::Value>(build).await? {
+        match self.fcall::<redis::Value>(build, deadline).await? {
             redis::Value::Int(reply) if p.algorithm().is_bucket() => {
                 bucket_answer(p, check.cost, reply)
             }
@@ -880,22 +953,28 @@ impl RedisStore {
     async fn fcall<T: redis::FromRedisValue>(
         &self,
         cmd: impl Fn() -> redis::Cmd,
+        deadline: Instant,
     ) -> Result<T, RedisError> {
         let mut loads = 0;
         loop {
-            match self.query::<T>(cmd()).await {
+            match self.query::<T>(cmd(), deadline).await {
                 Ok(reply) => return Ok(reply),
                 Err(RedisError::Server(e)) if missing_function(&e) && loads < 5 => {
                     // The function is gone (restart, failover, FUNCTION FLUSH): the
                     // error proves nothing ran. Load it and call again (a few times:
                     // it may be flushed again in between).
                     loads += 1;
-                    self.load().await?;
+                    self.load(deadline).await?;
                 }
                 Err(RedisError::Server(e)) if not_run(&e) => {
                     // The cluster is moving a slot or electing a master: nothing ran.
-                    // Try again until the timeout.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    // Try again until the deadline.
+                    let again = Instant::now() + Duration::from_millis(10);
+                    if again >= deadline {
+                        tokio::time::sleep_until(deadline).await;
+                        return Err(RedisError::Timeout(self.inner.timeout));
+                    }
+                    tokio::time::sleep_until(again).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -903,10 +982,10 @@ impl RedisStore {
     }
 
     /// Loads the decision function (every master of a cluster). Needs Redis 7.
-    async fn load(&self) -> Result<(), RedisError> {
+    async fn load(&self, deadline: Instant) -> Result<(), RedisError> {
         let mut cmd = redis::cmd("FUNCTION");
         cmd.arg("LOAD").arg("REPLACE").arg(&self.inner.code);
-        match self.query::<redis::Value>(cmd).await {
+        match self.query::<redis::Value>(cmd, deadline).await {
             Ok(_) => Ok(()),
             Err(RedisError::Server(e)) if e.to_string().contains("unknown command") => {
                 Err(RedisError::Config(format!(
@@ -922,7 +1001,8 @@ impl RedisStore {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(state_key(&self.inner.prefix, key))
             .arg(log_key(&self.inner.prefix, key));
-        let _: i64 = self.timed(self.query(cmd)).await??;
+        let deadline = Instant::now() + self.inner.timeout;
+        let _: i64 = self.timed(self.query(cmd, deadline)).await??;
         Ok(())
     }
 }
@@ -946,15 +1026,14 @@ struct Unsent(Option<(Arc<Lane>, u64)>);
 
 impl Unsent {
     /// The batch's calls, unless another call sent them already.
-    fn take(&mut self) -> Option<(Arc<Lane>, Vec<Queued>)> {
+    fn take(&mut self) -> Option<(Arc<Lane>, Batch)> {
         let (lane, batch) = self.0.take()?;
         let calls = {
             let mut q = lock(&lane.queue);
             if q.batch != batch {
                 return None;
             }
-            q.batch += 1;
-            std::mem::replace(&mut q.calls, Vec::with_capacity(BATCH))
+            q.take()
         };
         Some((lane, calls))
     }
@@ -962,8 +1041,8 @@ impl Unsent {
 
 impl Drop for Unsent {
     fn drop(&mut self) {
-        if let Some((_, calls)) = self.take() {
-            for (_, tx) in calls {
+        if let Some((_, batch)) = self.take() {
+            for tx in batch.replies {
                 let _ = tx.send(Err(gone()));
             }
         }
@@ -974,57 +1053,76 @@ impl Drop for Unsent {
 async fn send_batch(mut unsent: Unsent) {
     // Every task ready now runs first, and the calls they make join this batch.
     tokio::task::yield_now().await;
-    if let Some((lane, calls)) = unsent.take() {
-        send_calls(lane, calls).await;
+    if let Some((lane, batch)) = unsent.take() {
+        send_calls(lane, batch).await;
     }
 }
 
-/// Sends `calls` as one pipeline and hands each its reply.
-async fn send_calls(lane: Arc<Lane>, calls: Vec<Queued>) {
-    let mut pipe = redis::Pipeline::with_capacity(calls.len());
-    let mut waiting = Vec::with_capacity(calls.len());
-    for (cmd, tx) in calls {
-        // A call given up (its timeout, or its caller gone) before it was sent is
-        // never sent.
-        if !tx.is_closed() {
-            pipe.add_command(cmd);
-            waiting.push(tx);
-        }
-    }
-    if waiting.is_empty() {
-        return;
-    }
-    let i = lane.next.fetch_add(1, Ordering::Relaxed) % lane.conns.len();
-    let mut conn = lane.conns[i].clone();
-    // No call waits longer than the timeout from when it joined the batch, which was
-    // before now: nobody waits for the batch after this.
-    let sent = tokio::time::timeout(
-        lane.timeout,
-        conn.send_packed_commands(&pipe, 0, waiting.len()),
-    )
-    .await;
-    match sent {
-        Ok(Ok(replies)) if replies.len() == waiting.len() => {
-            for (reply, tx) in replies.into_iter().zip(waiting) {
-                let _ = tx.send(Ok(reply));
+/// Sends a batch as one pipeline and hands each call its reply.
+async fn send_calls(lane: Arc<Lane>, batch: Batch) {
+    let Batch {
+        mut pipe,
+        mut replies,
+        deadline,
+    } = batch;
+    if replies.iter().any(|tx| tx.is_closed()) {
+        // A call given up (its caller gone) before it was sent is never sent.
+        let mut kept = redis::Pipeline::with_capacity(replies.len());
+        let mut waiting = Vec::with_capacity(replies.len());
+        for (cmd, tx) in pipe.cmd_iter().zip(replies.drain(..)) {
+            if !tx.is_closed() {
+                kept.add_command(cmd.clone());
+                waiting.push(tx);
             }
         }
-        Ok(Ok(replies)) => {
-            for tx in waiting {
+        (pipe, replies) = (kept, waiting);
+    }
+    if !replies.is_empty() {
+        send_pipeline(&lane, &pipe, &mut replies, deadline).await;
+    }
+    // Keep the vectors for a later batch.
+    pipe.clear();
+    replies.clear();
+    let mut q = lock(&lane.queue);
+    if q.spare.is_none() {
+        q.spare = Some((pipe, replies));
+    }
+}
+
+/// Sends `pipe` on the lane's next connection and hands each reply to its caller,
+/// giving up at `deadline`.
+async fn send_pipeline(
+    lane: &Lane,
+    pipe: &redis::Pipeline,
+    replies: &mut Vec<Reply>,
+    deadline: Instant,
+) {
+    let i = lane.next.fetch_add(1, Ordering::Relaxed) % lane.conns.len();
+    let mut conn = lane.conns[i].clone();
+    let sent =
+        tokio::time::timeout_at(deadline, conn.send_packed_commands(pipe, 0, replies.len())).await;
+    match sent {
+        Ok(Ok(values)) if values.len() == replies.len() => {
+            for (value, tx) in values.into_iter().zip(replies.drain(..)) {
+                let _ = tx.send(Ok(value));
+            }
+        }
+        Ok(Ok(values)) => {
+            for tx in replies.drain(..) {
                 let _ = tx.send(Err(RedisError::Reply(format!(
                     "a pipeline of {} calls answered {} replies",
                     pipe.len(),
-                    replies.len()
+                    values.len()
                 ))));
             }
         }
         Ok(Err(e)) => {
-            for tx in waiting {
+            for tx in replies.drain(..) {
                 let _ = tx.send(Err(classify(e.clone())));
             }
         }
         Err(_) => {
-            for tx in waiting {
+            for tx in replies.drain(..) {
                 let _ = tx.send(Err(RedisError::Timeout(lane.timeout)));
             }
         }
