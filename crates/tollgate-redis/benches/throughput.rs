@@ -1,7 +1,8 @@
 //! Redis throughput, measured in one run: tollgate's store at 64 checks in flight
 //! (one key, and 100,000 keys in random order) beside `redis-benchmark` running a
 //! minimal GCRA script (`benches/gcra_min.lua`: TIME, GET, SET PX) and tollgate's
-//! own script, and beside bare EVALSHA calls through redis-rs and fred (how the client
+//! own script (64 connections of 16 pipelined calls, and for tollgate's script also
+//! 4 of 16: as many calls in flight as the store), and beside bare EVALSHA calls through redis-rs and fred (how the client
 //! crate was chosen). Only the ratios of one run mean anything. Beside each rate it
 //! prints the CPU time per call of the client (this process, or redis-benchmark)
 //! and of Redis (from `INFO cpu`): on a shared machine these say more than the
@@ -54,8 +55,15 @@ fn xorshift(seed: u64) -> impl FnMut() -> u64 {
     }
 }
 
-/// Runs redis-benchmark and returns its requests per second.
-fn redis_benchmark(host: &str, port: &str, n: usize, pipeline: usize, args: &[String]) -> f64 {
+/// Runs redis-benchmark with `clients` connections, each keeping `pipeline` calls in
+/// flight, and returns its requests per second.
+fn redis_benchmark(
+    host: &str,
+    port: &str,
+    n: usize,
+    (clients, pipeline): (usize, usize),
+    args: &[String],
+) -> f64 {
     let out = Command::new("redis-benchmark")
         .args([
             "-h",
@@ -63,7 +71,7 @@ fn redis_benchmark(host: &str, port: &str, n: usize, pipeline: usize, args: &[St
             "-p",
             port,
             "-c",
-            &IN_FLIGHT.to_string(),
+            &clients.to_string(),
             "-n",
             &n.to_string(),
         ])
@@ -300,7 +308,9 @@ fn main() {
         let raw_many: Arc<Vec<String>> = Arc::new((0..KEYS).map(|_| format!("tgbench:raw:{}", next() % 1_000_000_000)).collect());
         let one: Arc<Vec<String>> = Arc::new(vec!["g:hot".to_owned()]);
 
-        let rb = |pipeline: usize, sha: &str, tollgate: bool, many: bool| {
+        // redis-benchmark with IN_FLIGHT connections (with -P 16, 16 times the calls
+        // in flight of the store), or with as many calls in flight as the store.
+        let rb = |(clients, pipeline): (usize, usize), sha: &str, tollgate: bool, many: bool| {
             let key = |kind: &str| {
                 if many { format!("tgbench:{{__rand_int__}}{kind}:g") } else { format!("tgbench:{{hot}}{kind}:g") }
             };
@@ -309,7 +319,7 @@ fn main() {
             } else {
                 vec!["EVALSHA".to_owned(), sha.to_owned(), "1".to_owned(), key("s"), "1".to_owned(), "1000000".to_owned()]
             };
-            redis_benchmark(host, port, n, pipeline, &args)
+            redis_benchmark(host, port, n, (clients, pipeline), &args)
         };
 
         let names = [
@@ -317,6 +327,9 @@ fn main() {
             "redis-benchmark, minimal gcra script, -P 1, 100k keys",
             "redis-benchmark, tollgate's script, -P 16, 100k keys",
             "redis-benchmark, minimal gcra script, -P 16, one key",
+            "redis-benchmark, tollgate's script, -P 16, one key",
+            "redis-benchmark, tollgate's script, -c 4 -P 16 (64 in flight), 100k keys",
+            "redis-benchmark, tollgate's script, -c 4 -P 16 (64 in flight), one key",
             "tollgate store, 64 in flight, 100k keys",
             "tollgate store, 64 in flight, one key",
             "redis-rs EVALSHA minimal script, 64 in flight, 100k keys",
@@ -343,20 +356,23 @@ fn main() {
             for (i, subject) in names.iter().enumerate() {
                 let (c, r) = (cpu_seconds(), redis_cpu(&conn).await);
                 let got = match i {
-                    0 => rb(16, &min_sha, false, true),
-                    1 => rb(1, &min_sha, false, true),
-                    2 => rb(16, &tg_function, true, true),
-                    3 => rb(16, &min_sha, false, false),
-                    4 => store_rate(&store, many.clone(), n).await,
-                    5 => store_rate(&store, one.clone(), n).await,
-                    6 => redis_rs_rate(&conn, &min_sha, raw_many.clone(), n).await,
-                    7 => fred_rate(&fred, &min_sha, raw_many.clone(), n).await,
-                    8 => redis_rs_fcall_rate(&conn, &tg_function, many.clone(), n).await,
+                    0 => rb((IN_FLIGHT, 16), &min_sha, false, true),
+                    1 => rb((IN_FLIGHT, 1), &min_sha, false, true),
+                    2 => rb((IN_FLIGHT, 16), &tg_function, true, true),
+                    3 => rb((IN_FLIGHT, 16), &min_sha, false, false),
+                    4 => rb((IN_FLIGHT, 16), &tg_function, true, false),
+                    5 => rb((IN_FLIGHT / 16, 16), &tg_function, true, true),
+                    6 => rb((IN_FLIGHT / 16, 16), &tg_function, true, false),
+                    7 => store_rate(&store, many.clone(), n).await,
+                    8 => store_rate(&store, one.clone(), n).await,
+                    9 => redis_rs_rate(&conn, &min_sha, raw_many.clone(), n).await,
+                    10 => fred_rate(&fred, &min_sha, raw_many.clone(), n).await,
+                    11 => redis_rs_fcall_rate(&conn, &tg_function, many.clone(), n).await,
                     _ => unreachable!("{subject}"),
                 };
                 let (c2, r2) = (cpu_seconds(), redis_cpu(&conn).await);
                 // redis-benchmark is a waited-for child; the others run in this process.
-                let client = if i < 4 { c2.1 - c.1 } else { c2.0 - c.0 };
+                let client = if i < 7 { c2.1 - c.1 } else { c2.0 - c.0 };
                 cpu[i].0 += client;
                 cpu[i].1 += r2 - r;
                 results[i].push(got);
@@ -376,12 +392,15 @@ fn main() {
         }
         println!();
         println!("ratios (same run):");
-        println!("  store 100k keys / redis-benchmark minimal -P 16:       {:.2}", m[4] / m[0]);
-        println!("  store 100k keys / redis-benchmark minimal -P 1:        {:.2}", m[4] / m[1]);
-        println!("  store 100k keys / redis-benchmark tollgate's -P 16:    {:.2}", m[4] / m[2]);
-        println!("  store one key   / redis-benchmark minimal one key -P 16: {:.2}", m[5] / m[3]);
-        println!("  store 100k keys / redis-rs bare FCALL of the same:     {:.2}", m[4] / m[8]);
-        println!("  redis-rs / fred (bare EVALSHA):                        {:.2}", m[6] / m[7]);
+        println!("  store 100k keys / redis-benchmark minimal -P 16:             {:.2}", m[7] / m[0]);
+        println!("  store 100k keys / redis-benchmark minimal -P 1:              {:.2}", m[7] / m[1]);
+        println!("  store 100k keys / redis-benchmark tollgate's -P 16:          {:.2}", m[7] / m[2]);
+        println!("  store 100k keys / redis-benchmark tollgate's, 64 in flight:  {:.2}", m[7] / m[5]);
+        println!("  store one key   / redis-benchmark minimal one key -P 16:     {:.2}", m[8] / m[3]);
+        println!("  store one key   / redis-benchmark tollgate's one key -P 16:  {:.2}", m[8] / m[4]);
+        println!("  store one key   / redis-benchmark tollgate's, 64 in flight:  {:.2}", m[8] / m[6]);
+        println!("  store 100k keys / redis-rs bare FCALL of the same:           {:.2}", m[7] / m[11]);
+        println!("  redis-rs / fred (bare EVALSHA):                              {:.2}", m[9] / m[10]);
         let _ = fred.quit().await;
     });
 }
