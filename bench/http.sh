@@ -11,7 +11,8 @@
 # REDIS_URL (default redis://127.0.0.1:6379/0). When throttlecrab-server (a Rust
 # GCRA server: `cargo install throttlecrab-server`, whose build needs Debian's
 # protobuf-compiler) is on PATH, its POST /throttle is measured too, with the same
-# wrk settings. The policy admits a billion
+# wrk settings. Beside each row it prints the CPU time per request of the server,
+# of Redis (when Redis runs on this machine) and of wrk. The policy admits a billion
 # requests per second, so every answer is a 200: the figures are the cost of a
 # decision, not of 429s.
 set -euo pipefail
@@ -55,14 +56,23 @@ printf '[server]\nlisten = "127.0.0.1:%s"\n[store]\nurl = "%s"\nkey_prefix = "tg
   "$REDIS_PORT" "$REDIS_URL" "$policy" > "$work/redis.toml"
 
 NO_COLOR=1 TOLLGATE_LOG=warn "$BIN" serve --config "$work/memory.toml" & pids+=($!)
+mem_pid=$!
 redis_ok=1
 NO_COLOR=1 TOLLGATE_LOG=warn "$BIN" serve --config "$work/redis.toml" & pids+=($!)
+redis_pid=$!
 THREADS=2 "$HELLO" plain "$HELLO_PORT" & pids+=($!)
+hello_pid=$!
 crab_ok=0
+crab_pid=0
 if command -v throttlecrab-server >/dev/null 2>&1; then
   throttlecrab-server --http --http-host 127.0.0.1 --http-port "$CRAB_PORT" >/dev/null 2>&1 & pids+=($!)
+  crab_pid=$!
   crab_ok=1
 fi
+# Redis's own process, when it runs on this machine: its CPU per request is printed
+# beside the Redis rows.
+redis_server_pid=$(redis-cli -u "$REDIS_URL" INFO server 2>/dev/null | tr -d '\r' | awk -F: '$1 == "process_id" { print $2 }' || true)
+[ -n "$redis_server_pid" ] && [ -r "/proc/$redis_server_pid/stat" ] || redis_server_pid=0
 
 cat > "$work/hot.lua" <<'LUA'
 wrk.method = "POST"
@@ -129,17 +139,40 @@ if ! wait_for "http://127.0.0.1:$REDIS_PORT/readyz"; then
   redis_ok=0
 fi
 
-# Prints "requests/s p99_ms" of one wrk run.
+# ticks PID: the CPU time (user + system, in clock ticks) PID has used, 0 without it.
+ticks() {
+  if [ "$1" -gt 0 ] && [ -r "/proc/$1/stat" ]; then
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+  else
+    echo 0
+  fi
+}
+HZ=$(getconf CLK_TCK)
+
+# measure URL SCRIPT SERVER_PID: prints "requests/s p99_ms server_us redis_us wrk_us"
+# of one wrk run, the last three the CPU time per request of the server, of Redis
+# (0 when it is not local) and of wrk itself.
 measure() {
-  local url=$1 script=$2
-  wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$script" "$url" > "$work/out" 2>&1
-  local rps p99
+  local url=$1 script=$2 server=$3
+  local s0 r0 s1 r1
+  s0=$(ticks "$server")
+  r0=$(ticks "$redis_server_pid")
+  local TIMEFORMAT='%U %S'
+  { time wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$script" "$url" > "$work/out" 2>&1; } 2> "$work/wrk_time"
+  s1=$(ticks "$server")
+  r1=$(ticks "$redis_server_pid")
+  local rps p99 n
   rps=$(awk '/^Requests\/sec:/ { print $2 }' "$work/out")
+  n=$(awk '/ requests in / { print $1 }' "$work/out")
   p99=$(awk '$1 == "99%" { v = $2; if (v ~ /us$/) { sub(/us$/, "", v); v = v / 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v = v * 1000 }; print v }' "$work/out")
-  echo "${rps:-0} ${p99:-0}"
+  awk -v rps="${rps:-0}" -v p99="${p99:-0}" -v n="${n:-0}" -v s=$((s1 - s0)) -v r=$((r1 - r0)) -v hz="$HZ" -v w="$(cat "$work/wrk_time")" 'BEGIN {
+    split(w, t, " ")
+    if (n > 0) printf "%s %s %.2f %.2f %.2f\n", rps, p99, s / hz / n * 1e6, r / hz / n * 1e6, (t[1] + t[2]) / n * 1e6
+    else printf "%s %s 0 0 0\n", rps, p99
+  }'
 }
 
-declare -A rps p99
+declare -A rps p99 cpu_s cpu_r cpu_w
 names=(hello hello_r mem_hot mem_random)
 [ "$redis_ok" = 1 ] && names+=(redis_hot redis_random)
 [ "$crab_ok" = 1 ] && names+=(crab_hot crab_random)
@@ -147,27 +180,32 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
   for name in "${names[@]}"; do
     case $name in
-      hello) r=$(measure "http://127.0.0.1:$HELLO_PORT/" "$work/hello.lua") ;;
-      hello_r) r=$(measure "http://127.0.0.1:$HELLO_PORT/" "$work/hello_random.lua") ;;
-      mem_hot) r=$(measure "http://127.0.0.1:$MEM_PORT/v1/check" "$work/hot.lua") ;;
-      mem_random) r=$(measure "http://127.0.0.1:$MEM_PORT/v1/check" "$work/random.lua") ;;
-      redis_hot) r=$(measure "http://127.0.0.1:$REDIS_PORT/v1/check" "$work/hot.lua") ;;
-      redis_random) r=$(measure "http://127.0.0.1:$REDIS_PORT/v1/check" "$work/random.lua") ;;
-      crab_hot) r=$(measure "http://127.0.0.1:$CRAB_PORT/throttle" "$work/crab_hot.lua") ;;
-      crab_random) r=$(measure "http://127.0.0.1:$CRAB_PORT/throttle" "$work/crab_random.lua") ;;
+      hello) r=$(measure "http://127.0.0.1:$HELLO_PORT/" "$work/hello.lua" "$hello_pid") ;;
+      hello_r) r=$(measure "http://127.0.0.1:$HELLO_PORT/" "$work/hello_random.lua" "$hello_pid") ;;
+      mem_hot) r=$(measure "http://127.0.0.1:$MEM_PORT/v1/check" "$work/hot.lua" "$mem_pid") ;;
+      mem_random) r=$(measure "http://127.0.0.1:$MEM_PORT/v1/check" "$work/random.lua" "$mem_pid") ;;
+      redis_hot) r=$(measure "http://127.0.0.1:$REDIS_PORT/v1/check" "$work/hot.lua" "$redis_pid") ;;
+      redis_random) r=$(measure "http://127.0.0.1:$REDIS_PORT/v1/check" "$work/random.lua" "$redis_pid") ;;
+      crab_hot) r=$(measure "http://127.0.0.1:$CRAB_PORT/throttle" "$work/crab_hot.lua" "$crab_pid") ;;
+      crab_random) r=$(measure "http://127.0.0.1:$CRAB_PORT/throttle" "$work/crab_random.lua" "$crab_pid") ;;
     esac
-    rps[$name]="${rps[$name]:-} ${r% *}"
-    p99[$name]="${p99[$name]:-} ${r#* }"
+    read -r a b c d e <<< "$r"
+    rps[$name]="${rps[$name]:-} $a"
+    p99[$name]="${p99[$name]:-} $b"
+    cpu_s[$name]="${cpu_s[$name]:-} $c"
+    cpu_r[$name]="${cpu_r[$name]:-} $d"
+    cpu_w[$name]="${cpu_w[$name]:-} $e"
   done
 done
 
 declare -A m
 echo
 echo "wrk -t$WRK_THREADS -c$CONNS -d$DURATION, median of $ROUNDS round(s)"
-printf '%-14s %12s %10s\n' target "requests/s" "p99 ms"
+printf '%-14s %12s %10s   %s\n' target "requests/s" "p99 ms" "CPU us per request: server, Redis, wrk"
 for name in "${names[@]}"; do
   m[$name]=$(echo "${rps[$name]}" | median)
-  printf '%-14s %12s %10s\n' "$name" "${m[$name]}" "$(echo "${p99[$name]}" | median)"
+  printf '%-14s %12s %10s   %6s %6s %6s\n' "$name" "${m[$name]}" "$(echo "${p99[$name]}" | median)" \
+    "$(echo "${cpu_s[$name]}" | median)" "$(echo "${cpu_r[$name]}" | median)" "$(echo "${cpu_w[$name]}" | median)"
 done
 echo
 echo "memory, hot key    / hello-world: $(ratio "${m[mem_hot]}" "${m[hello]}")"
@@ -175,6 +213,20 @@ echo "memory, 100k keys  / hello-world: $(ratio "${m[mem_random]}" "${m[hello]}"
 if [ "$redis_ok" = 1 ]; then
   echo "redis, hot key     / memory:      $(ratio "${m[redis_hot]}" "${m[mem_hot]}")"
   echo "redis, 100k keys   / memory:      $(ratio "${m[redis_random]}" "${m[mem_random]}")"
+  if [ "$redis_server_pid" -gt 0 ]; then
+    # What the Redis rows could reach on these cores if the server's Redis path cost
+    # no more CPU than its memory path and no core were ever idle: the cores over
+    # (the memory server's CPU + Redis's + wrk's) per request, against memory.
+    cores=$(nproc)
+    for pair in hot:mem_hot:redis_hot random:mem_random:redis_random; do
+      IFS=: read -r label mem red <<< "$pair"
+      cs=$(echo "${cpu_s[$mem]}" | median)
+      cr=$(echo "${cpu_r[$red]}" | median)
+      cw=$(echo "${cpu_w[$red]}" | median)
+      ceiling=$(awk -v c="$cores" -v a="$cs" -v b="$cr" -v w="$cw" 'BEGIN { t = a + b + w; if (t > 0) printf "%.0f", c * 1e6 / t; else print 0 }')
+      echo "redis, $label: ceiling on $cores cores at the memory server's CPU per request: $ceiling/s, $(ratio "$ceiling" "${m[$mem]}") of memory; cores busy in the Redis row: $(awk -v r="${m[$red]}" -v a="$(echo "${cpu_s[$red]}" | median)" -v b="$cr" -v w="$cw" 'BEGIN { printf "%.2f", r * (a + b + w) / 1e6 }')"
+    done
+  fi
 fi
 if [ "$crab_ok" = 1 ]; then
   echo "memory, hot key    / throttlecrab: $(ratio "${m[mem_hot]}" "${m[crab_hot]}")"
