@@ -36,7 +36,7 @@ pub struct Config {
     /// Largest request body accepted by the decision API, in bytes.
     pub max_body_bytes: usize,
     /// Worker threads serving connections; 0 means two per core this process may
-    /// use, one per core with Redis (see `serve.rs`).
+    /// use (see `serve.rs`).
     pub workers: usize,
     /// The store.
     pub store: StoreConfig,
@@ -941,7 +941,7 @@ fn apply_env(config: &mut Config, env: &BTreeMap<String, String>) -> Result<(), 
                 env_error(
                     "TOLLGATE_WORKERS",
                     format!(
-                        "{workers:?} is not a number of worker threads from 0 (automatic: two per core, one with Redis) to {MAX_WORKERS}"
+                        "{workers:?} is not a number of worker threads from 0 (automatic: two per core) to {MAX_WORKERS}"
                     ),
                 )
             })?;

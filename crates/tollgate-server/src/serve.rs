@@ -121,22 +121,22 @@ fn worker_runtime() -> Result<tokio::runtime::Runtime, ServeError> {
 
 /// How many workers serve connections: `configured`, or when it is 0, two per core
 /// this process may use (`available_parallelism` reads the CPU affinity mask and
-/// the cgroup quota), or one per core when the store is Redis. Two per core,
-/// because the cores are shared (with the application, a sidecar, a load
-/// generator) and a worker the OS takes off its core holds its connections until it
-/// runs again: with twice the workers each holds half as many, and another worker
-/// runs meanwhile. Measured with wrk on two cores, two workers per core against
-/// one: about 1.2x the requests per second and half the p99 latency; three per core
-/// was slower again. On Redis a worker mostly waits for Redis, and each has its own
-/// connection: with half the workers, each sends its calls in batches twice as
-/// large, and the server made 2.6 system calls per request instead of 3.1 and about
-/// 1.1x the requests per second (wrk, hot key, interleaved runs).
-fn worker_count(configured: usize, redis: bool) -> usize {
+/// the cgroup quota), whatever the store. Two per core, because the cores are
+/// shared (with the application, a sidecar, a load generator) and a worker the OS
+/// takes off its core holds its connections until it runs again: with twice the
+/// workers each holds half as many, and another worker runs meanwhile. Measured with
+/// wrk on two cores, two workers per core against one: about 1.2x the requests per
+/// second and half the p99 latency; three per core was slower again. On Redis too
+/// (each worker has its own Redis connection): interleaved wrk runs on two cores
+/// with Redis beside the server, four workers against two, hot key 1.11x and 1.18x
+/// the requests per second (medians of six 4 s runs), 100k keys 1.03x; six and
+/// eight workers were slower than four. (On a machine busy with builds, two had
+/// done better: the default was one per core on Redis for a while.)
+fn worker_count(configured: usize) -> usize {
     if configured > 0 {
         return configured;
     }
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    if redis { cores } else { cores * 2 }
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) * 2
 }
 
 /// Serves `config` until `shutdown` completes, then drains.
@@ -189,7 +189,7 @@ pub async fn serve(
         }
         None => None,
     };
-    let workers = worker_count(config.workers, config.store.url != "memory://");
+    let workers = worker_count(config.workers);
     // One shutdown signal for both listeners.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
