@@ -139,14 +139,6 @@ if ! wait_for "http://127.0.0.1:$REDIS_PORT/readyz"; then
   redis_ok=0
 fi
 
-# ticks PID: the CPU time (user + system, in clock ticks) PID has used, 0 without it.
-ticks() {
-  if [ "$1" -gt 0 ] && [ -r "/proc/$1/stat" ]; then
-    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
-  else
-    echo 0
-  fi
-}
 HZ=$(getconf CLK_TCK)
 
 # measure URL SCRIPT SERVER_PID: prints "requests/s p99_ms server_us redis_us wrk_us"

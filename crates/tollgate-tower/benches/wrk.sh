@@ -25,6 +25,8 @@
 # one request costs the server.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh # ticks (median and ratio are this script's own, below)
 
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
@@ -76,13 +78,12 @@ for port in "$PLAIN_PORT" "$LAYER_PORT" "$NOOP_PORT" "$OUTER_PORT"; do
 done
 
 CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 # port script pid -> "requests/s microseconds-of-server-CPU-per-request"
 measure() {
   local before after out requests rps
-  before=$(cpu_ticks "$3")
+  before=$(ticks "$3")
   out=$(wrk -t1 -c"$CONNS" -d"$DURATION" -s "$2" "http://127.0.0.1:$1/")
-  after=$(cpu_ticks "$3")
+  after=$(ticks "$3")
   requests=$(echo "$out" | awk '/ requests in / { print $1 }')
   rps=$(echo "$out" | awk '/^Requests\/sec:/ { print $2 }')
   awk -v r="$rps" -v n="$requests" -v t="$((after - before))" -v hz="$CLK_TCK" \
