@@ -40,6 +40,20 @@ pub enum RedisError {
     /// Redis could not be reached, or the connection broke (transient).
     #[error("redis is unavailable: {0}")]
     Unavailable(#[source] redis::RedisError),
+    /// The store's circuit breaker is open: Redis failed (timed out or was
+    /// unreachable) `failures` decisions in a row, so decisions fail at once
+    /// instead of waiting out the timeout, until a probe sent after the cooldown is
+    /// answered (transient). Nothing was sent to Redis.
+    #[error(
+        "redis failed {failures} decisions in a row: the store's circuit breaker is open \
+         and this decision was not sent (next probe in {retry_in:?})"
+    )]
+    CircuitOpen {
+        /// The failures in a row that open the breaker.
+        failures: u32,
+        /// Until a probe may go; zero while one is out.
+        retry_in: Duration,
+    },
     /// Redis answered with an error, for example a Lua error (not transient).
     #[error("redis answered with an error: {0}")]
     Server(#[source] redis::RedisError),
@@ -50,9 +64,13 @@ pub enum RedisError {
 }
 
 impl RedisError {
-    /// True when trying again later may succeed: Redis timed out or was unreachable.
+    /// True when trying again later may succeed: Redis timed out or was unreachable,
+    /// or the circuit breaker held the call back.
     pub fn is_transient(&self) -> bool {
-        matches!(self, RedisError::Timeout(_) | RedisError::Unavailable(_))
+        matches!(
+            self,
+            RedisError::Timeout(_) | RedisError::Unavailable(_) | RedisError::CircuitOpen { .. }
+        )
     }
 
     /// True when the caller's input is at fault (configuration, the checks, the

@@ -20,10 +20,12 @@
 //! # }
 //! ```
 
+mod breaker;
 mod error;
 mod keys;
 mod store;
 mod url;
 
+pub use breaker::{DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES};
 pub use error::RedisError;
 pub use store::{DEFAULT_PREFIX, MAX_DURATION, RedisStore, RedisStoreBuilder};

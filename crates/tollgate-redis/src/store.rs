@@ -18,6 +18,7 @@ use tollgate::{
     Verdict, validate,
 };
 
+use crate::breaker::{Breaker, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES, Outcome};
 use crate::error::RedisError;
 use crate::keys::{arg_log_key, arg_state_key, log_key, slot_of, state_key};
 use crate::url::{Target, parse};
@@ -59,6 +60,7 @@ pub struct RedisStoreBuilder {
     root_cert: Option<Vec<u8>>,
     lazy: bool,
     per_thread: bool,
+    breaker: (u32, Duration),
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -70,6 +72,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("caller_clock", &self.clock.is_some())
             .field("connections", &self.connections)
             .field("per_thread", &self.per_thread)
+            .field("breaker", &self.breaker)
             .finish()
     }
 }
@@ -149,6 +152,18 @@ impl RedisStoreBuilder {
     /// client needs its slot map).
     pub fn lazy(mut self, lazy: bool) -> Self {
         self.lazy = lazy;
+        self
+    }
+
+    /// The circuit breaker: after `failures` decisions in a row that timed out or
+    /// found Redis unreachable, decisions fail at once with
+    /// [`RedisError::CircuitOpen`] for `cooldown`, instead of each waiting out the
+    /// timeout; then one decision goes to Redis as a probe, and an answer closes
+    /// the breaker. `failures = 0` turns it off. Default
+    /// [`DEFAULT_BREAKER_FAILURES`](crate::DEFAULT_BREAKER_FAILURES) and
+    /// [`DEFAULT_BREAKER_COOLDOWN`](crate::DEFAULT_BREAKER_COOLDOWN).
+    pub fn circuit_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
+        self.breaker = (failures, cooldown);
         self
     }
 
@@ -254,6 +269,7 @@ impl RedisStoreBuilder {
                 function,
                 single,
                 code,
+                breaker: Breaker::new(self.breaker.0, self.breaker.1),
             }),
         };
         let lazy = self.lazy && !store.is_cluster();
@@ -462,6 +478,7 @@ struct Inner {
     single: String,
     /// The library's text, for FUNCTION LOAD.
     code: String,
+    breaker: Breaker,
 }
 
 /// The Redis and Redis Cluster store.
@@ -540,6 +557,7 @@ impl RedisStore {
             root_cert: None,
             lazy: false,
             per_thread: false,
+            breaker: (DEFAULT_BREAKER_FAILURES, DEFAULT_BREAKER_COOLDOWN),
         }
     }
 
@@ -551,6 +569,12 @@ impl RedisStore {
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.inner.prefix
+    }
+
+    /// True while the circuit breaker holds decisions back (see
+    /// [`RedisStoreBuilder::circuit_breaker`]).
+    pub fn is_circuit_open(&self) -> bool {
+        self.inner.breaker.is_open()
     }
 
     /// True when the store talks to a Redis Cluster.
@@ -719,6 +743,29 @@ impl RedisStore {
 
     async fn decide(&self, checks: &[Check<'_>], mode: Mode) -> Result<Verdict, RedisError> {
         Self::check_args(checks)?;
+        let breaker = &self.inner.breaker;
+        let attempt = breaker
+            .enter()
+            .map_err(|retry_in| RedisError::CircuitOpen {
+                failures: breaker.settings().0,
+                retry_in,
+            })?;
+        let result = self.decide_through(checks, mode).await;
+        attempt.finish(match &result {
+            Ok(_) => Outcome::Answered,
+            Err(e) if e.is_transient() => Outcome::Failed,
+            Err(e) if e.is_caller_error() => Outcome::Neither,
+            Err(_) => Outcome::Answered,
+        });
+        result
+    }
+
+    /// [`RedisStore::decide`] past the circuit breaker.
+    async fn decide_through(
+        &self,
+        checks: &[Check<'_>],
+        mode: Mode,
+    ) -> Result<Verdict, RedisError> {
         let now = self.inner.clock.as_ref().map(|c| c.now());
         let deadline = Instant::now() + self.inner.timeout;
         if let [check] = checks {

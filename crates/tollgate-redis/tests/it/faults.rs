@@ -63,6 +63,17 @@ impl Server {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// Sends the server `signal` (`STOP` freezes it: connections stay open and
+    /// nothing is answered, as in a network partition; `CONT` thaws it).
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("a running server").id();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -152,6 +163,77 @@ async fn a_stopped_redis_is_a_typed_error_and_a_restarted_one_serves_again() {
         }
     }
     store.ping().await.expect("PING after the restart");
+}
+
+/// A hung Redis (frozen with SIGSTOP: connected, never answering): after the
+/// breaker's three timeouts in a row, decisions fail at once with `CircuitOpen`
+/// instead of each waiting out the timeout; a probe after the cooldown that times
+/// out opens it again; once Redis answers, the next probe closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_opens_the_circuit_breaker_and_an_answer_closes_it() {
+    let server = Server::start();
+    let timeout = Duration::from_millis(100);
+    let cooldown = Duration::from_millis(500);
+    let store = RedisStore::builder(server.url())
+        .key_prefix(prefix("breaker"))
+        .timeout(timeout)
+        .circuit_breaker(3, cooldown)
+        .connect()
+        .await
+        .expect("the private redis-server");
+    let policy = Policy::new(Algorithm::Gcra, 1_000, Duration::from_secs(1)).expect("policy");
+    let check = [Check::new("hung:client", &policy)];
+    assert!(store.check(&check).await.expect("before").allowed());
+
+    server.signal("STOP");
+    for i in 0..3 {
+        let started = Instant::now();
+        match store.check(&check).await {
+            Err(RedisError::Timeout(_)) => {}
+            other => panic!("failure {i}: expected a timeout, got {other:?}"),
+        }
+        assert!(started.elapsed() >= timeout - Duration::from_millis(5));
+        assert_eq!(store.is_circuit_open(), i == 2, "after failure {i}");
+    }
+    for _ in 0..20 {
+        let started = Instant::now();
+        match store.check(&check).await {
+            Err(
+                e @ RedisError::CircuitOpen {
+                    failures: 3,
+                    retry_in,
+                },
+            ) => {
+                assert!(e.is_transient(), "{e}");
+                assert!(retry_in <= cooldown, "{e}");
+            }
+            other => panic!("expected CircuitOpen, got {other:?}"),
+        }
+        // Not sent: answered without waiting for Redis.
+        let took = started.elapsed();
+        assert!(took < timeout / 2, "an open breaker took {took:?}");
+    }
+
+    // The cooldown over, one probe goes and times out: open again.
+    tokio::time::sleep(cooldown + Duration::from_millis(50)).await;
+    match store.check(&check).await {
+        Err(RedisError::Timeout(_)) => {}
+        other => panic!("the probe: expected a timeout, got {other:?}"),
+    }
+    assert!(matches!(
+        store.check(&check).await,
+        Err(RedisError::CircuitOpen { .. })
+    ));
+
+    server.signal("CONT");
+    tokio::time::sleep(cooldown + Duration::from_millis(50)).await;
+    let v = store
+        .check(&check)
+        .await
+        .expect("the probe after Redis thawed");
+    assert!(v.allowed());
+    assert!(!store.is_circuit_open());
+    store.check(&check).await.expect("closed again");
 }
 
 async fn tollgate_functions(admin: &mut redis::aio::MultiplexedConnection) -> usize {
