@@ -111,6 +111,11 @@ impl Backend {
                 }
             }
             Err(e) if e.is_caller_error() => {}
+            Err(BackendError::Redis(e @ RedisError::CircuitOpen { .. })) => {
+                if self.metrics.store_short_circuited() {
+                    tracing::warn!(error = %e, "the rate limit store failed; on_error answers until it recovers");
+                }
+            }
             Err(e) => {
                 if self.metrics.store_call(started.elapsed(), false) {
                     tracing::warn!(error = %e, "the rate limit store failed; on_error answers until it recovers");

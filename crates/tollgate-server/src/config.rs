@@ -82,6 +82,12 @@ pub struct StoreConfig {
     pub timeout: Duration,
     /// Fleet size, for `on_error = "local"` (each node gets `limit / nodes`).
     pub nodes: u32,
+    /// Redis decisions in a row that time out or find Redis unreachable before
+    /// the store's circuit breaker opens (`on_error` then answers at once, without
+    /// waiting out `timeout`); 0 turns the breaker off.
+    pub breaker_failures: u32,
+    /// How long an open breaker answers by `on_error` before a probe goes to Redis.
+    pub breaker_cooldown: Duration,
     /// Prefix of every Redis key.
     pub key_prefix: String,
     /// Most keys the memory store holds.
@@ -319,6 +325,8 @@ struct StoreSection {
     on_error: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     nodes: Option<Spanned<i64>>,
+    breaker_failures: Option<Spanned<i64>>,
+    breaker_cooldown: Option<Spanned<String>>,
     key_prefix: Option<Spanned<String>>,
     max_keys: Option<Spanned<i64>>,
 }
@@ -386,6 +394,8 @@ fn default_store(url: &str) -> StoreConfig {
         on_error: OnErrorMode::Local,
         timeout: Duration::from_millis(50),
         nodes: 1,
+        breaker_failures: tollgate_redis::DEFAULT_BREAKER_FAILURES,
+        breaker_cooldown: tollgate_redis::DEFAULT_BREAKER_COOLDOWN,
         key_prefix: "tollgate:".to_owned(),
         max_keys: 1_000_000,
     }
@@ -564,6 +574,15 @@ pub fn from_text(origin: &str, text: &str) -> Result<Config, ConfigError> {
         config.store.nodes = positive(n, 1..=100_000)
             .map(|v| v as u32)
             .map_err(|m| src.error("store.nodes", n, m))?;
+    }
+    if let Some(n) = &st.breaker_failures {
+        config.store.breaker_failures = positive(n, 0..=1_000_000)
+            .map(|v| v as u32)
+            .map_err(|m| src.error("store.breaker_failures", n, m))?;
+    }
+    if let Some(t) = &st.breaker_cooldown {
+        config.store.breaker_cooldown =
+            parse_cooldown(t.get_ref()).map_err(|m| src.error("store.breaker_cooldown", t, m))?;
     }
     if let Some(p) = &st.key_prefix {
         if p.get_ref().contains(['{', '}']) {
@@ -781,6 +800,17 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     if d.is_zero() || d > Duration::from_secs(60) {
         return Err(format!(
             "{text:?} is out of range: expected more than 0 and at most 60s"
+        ));
+    }
+    Ok(d)
+}
+
+fn parse_cooldown(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text).map_err(|e| e.to_string())?;
+    let d = Duration::from_nanos(d.as_u64());
+    if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+        return Err(format!(
+            "{text:?} is out of range: expected at least 10ms and at most 1h"
         ));
     }
     Ok(d)
@@ -1052,6 +1082,11 @@ pub fn render(config: &Config) -> String {
         q(&format!("{}ms", s.timeout.as_millis()))
     ));
     out.push_str(&format!("nodes = {}\n", s.nodes));
+    out.push_str(&format!("breaker_failures = {}\n", s.breaker_failures));
+    out.push_str(&format!(
+        "breaker_cooldown = {}\n",
+        q(&format!("{}ms", s.breaker_cooldown.as_millis()))
+    ));
     out.push_str(&format!("key_prefix = {}\n", q(&s.key_prefix)));
     out.push_str(&format!("max_keys = {}\n", s.max_keys));
     for p in &config.policies {
@@ -1285,6 +1320,8 @@ url = "redis://127.0.0.1:6379/1"
 on_error = "deny"
 timeout = "20ms"
 nodes = 4
+breaker_failures = 0
+breaker_cooldown = "250ms"
 key_prefix = "tg:"
 
 [[policy]]
@@ -1313,6 +1350,8 @@ upstream = "http://127.0.0.1:3000/"
         assert_eq!(c.store.on_error, OnErrorMode::Deny);
         assert_eq!(c.store.timeout, Duration::from_millis(20));
         assert_eq!(c.store.nodes, 4);
+        assert_eq!(c.store.breaker_failures, 0);
+        assert_eq!(c.store.breaker_cooldown, Duration::from_millis(250));
         assert_eq!(c.policies[0].policy.burst(), 20);
         assert_eq!(c.policies[1].key, KeySource::Header("x-api-key".into()));
         assert_eq!(c.protect.policies, ["per-client"]);
@@ -1453,6 +1492,18 @@ upstream = "http://127.0.0.1:3000/"
                 "not an address",
             ),
             ("[store]\ntimeout = \"abc\"\n", 2, "store.timeout", "abc"),
+            (
+                "[store]\nbreaker_cooldown = \"1ms\"\n",
+                2,
+                "store.breaker_cooldown",
+                "at least 10ms",
+            ),
+            (
+                "[store]\n\nbreaker_failures = -3\n",
+                3,
+                "store.breaker_failures",
+                "out of range",
+            ),
             (
                 "[store]\non_error = \"maybe\"\n",
                 2,

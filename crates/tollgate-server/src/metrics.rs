@@ -24,6 +24,7 @@ pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     latency: Histogram,
     errors: Counter,
+    short_circuited: Counter,
     fallback: Gauge,
     keys: Gauge,
     failing: AtomicBool,
@@ -61,6 +62,12 @@ impl Metrics {
             "Store calls that failed or timed out",
             errors.clone(),
         );
+        let short_circuited = Counter::default();
+        registry.register(
+            "store_short_circuited",
+            "Decisions answered by on_error without a store call: the Redis store's circuit breaker was open after failures in a row",
+            short_circuited.clone(),
+        );
         let fallback = Gauge::default();
         registry.register(
             "fallback_active",
@@ -78,6 +85,7 @@ impl Metrics {
             decisions,
             latency,
             errors,
+            short_circuited,
             fallback,
             keys,
             failing: AtomicBool::new(false),
@@ -129,6 +137,15 @@ impl Metrics {
         let changed = self.failing.swap(!ok, Ordering::Relaxed) == ok;
         self.fallback.set(i64::from(!ok));
         changed
+    }
+
+    /// Records a decision the store's circuit breaker held back (no call, so no
+    /// latency and no store error); returns true when the store was not already
+    /// failing (for a log line).
+    pub fn store_short_circuited(&self) -> bool {
+        self.short_circuited.inc();
+        self.fallback.set(1);
+        !self.failing.swap(true, Ordering::Relaxed)
     }
 
     /// The text exposition, with `keys` as the current key count.

@@ -78,6 +78,7 @@ pub async fn backend(config: &Config) -> Result<Backend, ServeError> {
     let store = RedisStore::builder(s.url.clone())
         .key_prefix(s.key_prefix.clone())
         .timeout(s.timeout)
+        .circuit_breaker(s.breaker_failures, s.breaker_cooldown)
         .connect_timeout(Duration::from_secs(5))
         .lazy(true)
         .connection_per_thread(true)

@@ -430,6 +430,17 @@ impl PrivateRedis {
         }
     }
 
+    /// Sends it `signal`: `STOP` freezes it (connections stay open, nothing is
+    /// answered, as in a network partition), `CONT` thaws it.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("a running redis-server").id();
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// `kill -9`.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -269,6 +269,69 @@ async fn on_error_modes_while_redis_is_down_and_recovery_without_restart() {
     }
 }
 
+/// A hung Redis (frozen: connected, never answering) under `on_error = "local"`:
+/// after `breaker_failures` decisions in a row that waited out the timeout, the
+/// fallback answers at once (no request waits for Redis), `/metrics` counts the
+/// decisions held back, and once Redis answers again a probe closes the breaker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_opens_the_breaker_and_the_fallback_answers_at_once() {
+    let redis = PrivateRedis::start();
+    let port = redis.port;
+    let conf = write_config(
+        "breaker",
+        &format!(
+            "[store]\nurl = \"redis://127.0.0.1:{port}/0\"\non_error = \"local\"\ntimeout = \"300ms\"\nbreaker_failures = 2\nbreaker_cooldown = \"800ms\"\n[[policy]]\nname = \"api\"\nalgorithm = \"gcra\"\nlimit = 1000\nperiod = \"1m\"\n"
+        ),
+    );
+    let s = start(&["--config", conf.to_str().expect("path")], &[]);
+    let body = r#"{"policy":"api","key":"k"}"#;
+    let (st, v) = check(&s.base, body).await;
+    assert_eq!((st, v.get("fallback")), (200, None), "before: {v}");
+
+    redis.signal("STOP");
+    for i in 0..2 {
+        let started = Instant::now();
+        let (st, v) = check(&s.base, body).await;
+        assert_eq!((st, &v["fallback"]), (200, &Value::from("local")), "{v}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(290),
+            "failure {i} waited out the timeout: {:?}",
+            started.elapsed()
+        );
+    }
+    for _ in 0..10 {
+        let started = Instant::now();
+        let (st, v) = check(&s.base, body).await;
+        assert_eq!((st, &v["fallback"]), (200, &Value::from("local")), "{v}");
+        assert!(
+            started.elapsed() < Duration::from_millis(150),
+            "an open breaker answers at once, not after the timeout: {:?}",
+            started.elapsed()
+        );
+    }
+    let metrics = metrics_text(&s.base).await;
+    let held: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tollgate_store_short_circuited_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no short-circuit counter: {metrics}"));
+    assert!(held >= 10, "{metrics}");
+    assert!(metrics.contains("tollgate_fallback_active 1"), "{metrics}");
+
+    redis.signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (st, v) = check(&s.base, body).await;
+        if st == 200 && v.get("fallback").is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {st} {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = metrics_text(&s.base).await;
+    assert!(metrics.contains("tollgate_fallback_active 0"), "{metrics}");
+}
+
 async fn metrics_text(base: &str) -> String {
     client()
         .get(format!("{base}/metrics"))
