@@ -38,6 +38,9 @@ pub struct Config {
     /// Worker threads serving connections; 0 means two per core this process may
     /// use (see `serve.rs`).
     pub workers: usize,
+    /// Most client connections open at once (HTTP and gRPC together); at the cap
+    /// the server accepts no more until one closes (they wait in the listen queue).
+    pub max_connections: usize,
     /// The store.
     pub store: StoreConfig,
     /// The named policies.
@@ -316,6 +319,7 @@ struct ServerSection {
     max_key_len: Option<Spanned<i64>>,
     max_body_bytes: Option<Spanned<i64>>,
     workers: Option<Spanned<i64>>,
+    max_connections: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -481,6 +485,7 @@ fn from_preset(preset: Preset) -> Config {
         max_key_len: 256,
         max_body_bytes: 64 * 1024,
         workers: 0,
+        max_connections: 10_000,
         store: default_store(url),
         protect: Protect {
             policies: policies.iter().map(|p| p.name.clone()).collect(),
@@ -551,6 +556,10 @@ pub fn from_text(origin: &str, text: &str) -> Result<Config, ConfigError> {
     if let Some(n) = &s.workers {
         config.workers =
             positive(n, 0..=MAX_WORKERS).map_err(|m| src.error("server.workers", n, m))?;
+    }
+    if let Some(n) = &s.max_connections {
+        config.max_connections =
+            positive(n, 1..=1_000_000).map_err(|m| src.error("server.max_connections", n, m))?;
     }
     if let Some(n) = &s.max_body_bytes {
         config.max_body_bytes = positive(n, 64..=16 * 1024 * 1024)
@@ -1067,7 +1076,8 @@ pub fn render(config: &Config) -> String {
     ));
     out.push_str(&format!("max_key_len = {}\n", config.max_key_len));
     out.push_str(&format!("max_body_bytes = {}\n", config.max_body_bytes));
-    out.push_str(&format!("workers = {}\n\n", config.workers));
+    out.push_str(&format!("workers = {}\n", config.workers));
+    out.push_str(&format!("max_connections = {}\n\n", config.max_connections));
     let s = &config.store;
     out.push_str("[store]\n");
     out.push_str(&format!("url = {}\n", q(&redact(&s.url))));
@@ -1462,10 +1472,19 @@ upstream = "http://127.0.0.1:3000/"
     #[test]
     fn workers_from_the_file_and_the_environment() {
         assert_eq!(from_text("w.toml", "").expect("valid").workers, 0);
-        let c = from_text("w.toml", "[server]\nworkers = 3\n").expect("valid");
+        let c =
+            from_text("w.toml", "[server]\nworkers = 3\nmax_connections = 64\n").expect("valid");
         assert_eq!(c.workers, 3);
+        assert_eq!(c.max_connections, 64);
         let again = from_text("rendered", &render(&c)).expect("the rendering reads back");
         assert_eq!(again.workers, 3);
+        assert_eq!(again.max_connections, 64);
+        let e = from_text("w.toml", "[server]\nmax_connections = 0\n").expect_err("zero");
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("server.max_connections", Some(2)),
+            "{e}"
+        );
         let e = from_text("w.toml", "[server]\nworkers = -1\n").expect_err("negative");
         assert_eq!(
             (e.field.as_str(), e.line),

@@ -27,6 +27,7 @@ pub struct Metrics {
     short_circuited: Counter,
     fallback: Gauge,
     keys: Gauge,
+    connections: Gauge,
     failing: AtomicBool,
     /// The counters of the configured policies, made once so that counting a
     /// decision allocates nothing.
@@ -80,8 +81,15 @@ impl Metrics {
             "Keys the in-memory store holds (0 for Redis)",
             keys.clone(),
         );
+        let connections = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open (HTTP and gRPC), at most server.max_connections",
+            connections.clone(),
+        );
         Metrics {
             registry,
+            connections,
             decisions,
             latency,
             errors,
@@ -146,6 +154,11 @@ impl Metrics {
         self.short_circuited.inc();
         self.fallback.set(1);
         !self.failing.swap(true, Ordering::Relaxed)
+    }
+
+    /// The gauge of open client connections, for the accept loops to move.
+    pub fn connections_gauge(&self) -> Gauge {
+        self.connections.clone()
     }
 
     /// The text exposition, with `keys` as the current key count.

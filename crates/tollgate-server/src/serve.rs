@@ -191,6 +191,8 @@ pub async fn serve(
         None => None,
     };
     let workers = worker_count(config.workers);
+    // One cap for both listeners.
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     // One shutdown signal for both listeners.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -234,15 +236,17 @@ pub async fn serve(
         "tollgate is serving"
     );
 
+    let open = state.backend.metrics.connections_gauge();
     let http_loop = dispatch(
         listener,
         stopped(stop_rx.clone()),
         Kind::Http,
         senders.clone(),
+        (Arc::clone(&slots), open.clone()),
     );
     let grpc_loop = async {
         if let Some((l, _)) = grpc_listener {
-            dispatch(l, stopped(stop_rx), Kind::Grpc, senders).await;
+            dispatch(l, stopped(stop_rx), Kind::Grpc, senders, (slots, open)).await;
             if let Some(health) = health {
                 health
                     .set_service_status("", tonic_health::ServingStatus::NotServing)
@@ -411,19 +415,70 @@ struct Conn {
     stream: std::net::TcpStream,
     peer: SocketAddr,
     kind: Kind,
+    slot: Slot,
+}
+
+/// A connection's place under `max_connections`, held until the connection ends.
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    open: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
 }
 
 /// Accepts `listener`'s connections until `shutdown` completes and hands them to
-/// `workers` in turn (a worker that is gone is skipped).
+/// `workers` in turn (a worker that is gone is skipped). Each connection takes one
+/// of `slots` (`max_connections`, shared with the other listener) until it ends:
+/// while none is free, no connection is accepted (the kernel's listen queue holds
+/// them). `open` counts the connections open, for `/metrics`.
 async fn dispatch(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     kind: Kind,
     workers: Vec<tokio::sync::mpsc::UnboundedSender<Conn>>,
+    (slots, open): (
+        Arc<tokio::sync::Semaphore>,
+        prometheus_client::metrics::gauge::Gauge,
+    ),
 ) {
     let mut shutdown = pin!(shutdown);
     let mut next = 0usize;
-    while let Some((stream, peer)) = accept(&listener, shutdown.as_mut(), kind.name()).await {
+    let mut full = false;
+    loop {
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(p) => {
+                full = false;
+                p
+            }
+            Err(_) => {
+                if !full {
+                    full = true;
+                    tracing::warn!(
+                        "max_connections connections are open: new {}connections wait until one closes",
+                        kind.name()
+                    );
+                }
+                tokio::select! {
+                    p = Arc::clone(&slots).acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                    () = shutdown.as_mut() => return,
+                }
+            }
+        };
+        let Some((stream, peer)) = accept(&listener, shutdown.as_mut(), kind.name()).await else {
+            return;
+        };
+        open.inc();
+        let slot = Slot {
+            _permit: permit,
+            open: open.clone(),
+        };
         let stream = match stream.into_std() {
             Ok(s) => s,
             Err(e) => {
@@ -431,7 +486,12 @@ async fn dispatch(
                 continue;
             }
         };
-        let mut conn = Conn { stream, peer, kind };
+        let mut conn = Conn {
+            stream,
+            peer,
+            kind,
+            slot,
+        };
         for _ in 0..workers.len() {
             let to = &workers[next % workers.len()];
             next = next.wrapping_add(1);
@@ -473,7 +533,13 @@ async fn worker<H: GrpcService + Clone>(
         .auto_date_header(false)
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20);
-    while let Some(Conn { stream, peer, kind }) = connections.recv().await {
+    while let Some(Conn {
+        stream,
+        peer,
+        kind,
+        slot,
+    }) = connections.recv().await
+    {
         let stream = match TcpStream::from_std(stream) {
             Ok(s) => s,
             Err(e) => {
@@ -507,6 +573,7 @@ async fn worker<H: GrpcService + Clone>(
                     if let Err(e) = connection.await {
                         tracing::debug!(%peer, "connection ended: {e}");
                     }
+                    drop(slot);
                 });
             }
             (Kind::Grpc, Some(routes)) => {
@@ -518,6 +585,7 @@ async fn worker<H: GrpcService + Clone>(
                     if let Err(e) = connection.await {
                         tracing::debug!(%peer, "gRPC connection ended: {e}");
                     }
+                    drop(slot);
                 });
             }
             // Only a gRPC listener makes gRPC connections, and it exists only with

@@ -4,6 +4,8 @@
 #
 #   crates/tollgate-tower/benches/wrk.sh            # 3 rounds of 10 s per scenario
 #   ROUNDS=5 DURATION=20s CONNS=64 crates/tollgate-tower/benches/wrk.sh
+#   PIN=1 ROUNDS=7 DURATION=5s crates/tollgate-tower/benches/wrk.sh   # servers on
+#     core 0 (SERVER_CORE), wrk on core 1 (WRK_CORE): the scheduler out of the ratio
 #
 # Scenarios, interleaved round by round so drift on a shared machine hits all:
 #   plain    no layer                  (every request sends one x-key header)
@@ -18,7 +20,8 @@
 # and system calls, as it answers fewer requests per wakeup).
 # Every server is the same binary with the same runtime (THREADS tokio workers,
 # default 1), listener and connection settings; only the router differs. wrk runs
-# one thread, so each has a core of this 2-core machine. Prints, per round,
+# one thread, so each has a core of this 2-core machine (PIN=1 makes that so). Even
+# rounds run the scenarios in the reverse order, so none always runs first. Prints, per round,
 # requests/s and the server's CPU time per request (from /proc: user + system),
 # and the median ratios of both. On a shared machine the CPU time per request is
 # the steadier figure: other load lowers everyone's requests/s, but hardly what
@@ -40,12 +43,18 @@ OUTER_PORT=${OUTER_PORT:-3104}
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 1; }
 cargo build --quiet --release -p tollgate-tower --example bench_server
 BIN=${CARGO_TARGET_DIR:-target}/release/examples/bench_server
+SERVER_PIN=()
+WRK_PIN=()
+if [ "${PIN:-0}" = 1 ]; then
+  SERVER_PIN=(taskset -c "${SERVER_CORE:-0}")
+  WRK_PIN=(taskset -c "${WRK_CORE:-1}")
+fi
 
 work=$(mktemp -d)
-"$BIN" plain "$PLAIN_PORT" & plain_pid=$!
-"$BIN" layer "$LAYER_PORT" & layer_pid=$!
-"$BIN" noop "$NOOP_PORT" & noop_pid=$!
-"$BIN" outer "$OUTER_PORT" & outer_pid=$!
+"${SERVER_PIN[@]}" "$BIN" plain "$PLAIN_PORT" & plain_pid=$!
+"${SERVER_PIN[@]}" "$BIN" layer "$LAYER_PORT" & layer_pid=$!
+"${SERVER_PIN[@]}" "$BIN" noop "$NOOP_PORT" & noop_pid=$!
+"${SERVER_PIN[@]}" "$BIN" outer "$OUTER_PORT" & outer_pid=$!
 trap 'kill "$plain_pid" "$layer_pid" "$noop_pid" "$outer_pid" 2>/dev/null; rm -rf "$work"' EXIT
 
 cat > "$work/one.lua" <<'LUA'
@@ -82,7 +91,7 @@ CLK_TCK=$(getconf CLK_TCK)
 measure() {
   local before after out requests rps
   before=$(ticks "$3")
-  out=$(wrk -t1 -c"$CONNS" -d"$DURATION" -s "$2" "http://127.0.0.1:$1/")
+  out=$("${WRK_PIN[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" -s "$2" "http://127.0.0.1:$1/")
   after=$(ticks "$3")
   requests=$(echo "$out" | awk '/ requests in / { print $1 }')
   rps=$(echo "$out" | awk '/^Requests\/sec:/ { print $2 }')
@@ -91,18 +100,24 @@ measure() {
 }
 ratio() { awk -v x="$1" -v y="$2" 'BEGIN { printf "%.3f", x / y }'; }
 
-echo "wrk -t1 -c$CONNS -d$DURATION, server THREADS=$THREADS, $ROUNDS rounds, $(nproc) cores"
+echo "wrk -t1 -c$CONNS -d$DURATION, server THREADS=$THREADS, $ROUNDS rounds, $(nproc) cores, PIN=${PIN:-0}"
 echo "requests/s (server CPU us/request); ratios to plain (100k: to plain-r): throughput | plain CPU / scenario CPU"
 printf '%-5s %-15s %-15s %-15s %-15s %-15s %-15s %s\n' \
   round plain noop one-key outer plain-r 100k "noop one-key outer 100k | same for CPU"
 : > "$work/ratios"
 for r in $(seq 1 "$ROUNDS"); do
-  read -r p pc <<< "$(measure "$PLAIN_PORT" "$work/one.lua" "$plain_pid")"
-  read -r n nc <<< "$(measure "$NOOP_PORT" "$work/one.lua" "$noop_pid")"
-  read -r o oc <<< "$(measure "$LAYER_PORT" "$work/one.lua" "$layer_pid")"
-  read -r w wc <<< "$(measure "$OUTER_PORT" "$work/one.lua" "$outer_pid")"
-  read -r q qc <<< "$(measure "$PLAIN_PORT" "$work/random.lua" "$plain_pid")"
-  read -r k kc <<< "$(measure "$LAYER_PORT" "$work/random.lua" "$layer_pid")"
+  order="p n o w q k"
+  [ $((r % 2)) = 0 ] && order="k q w o n p"
+  for s in $order; do
+    case $s in
+      p) read -r p pc <<< "$(measure "$PLAIN_PORT" "$work/one.lua" "$plain_pid")" ;;
+      n) read -r n nc <<< "$(measure "$NOOP_PORT" "$work/one.lua" "$noop_pid")" ;;
+      o) read -r o oc <<< "$(measure "$LAYER_PORT" "$work/one.lua" "$layer_pid")" ;;
+      w) read -r w wc <<< "$(measure "$OUTER_PORT" "$work/one.lua" "$outer_pid")" ;;
+      q) read -r q qc <<< "$(measure "$PLAIN_PORT" "$work/random.lua" "$plain_pid")" ;;
+      k) read -r k kc <<< "$(measure "$LAYER_PORT" "$work/random.lua" "$layer_pid")" ;;
+    esac
+  done
   line="$(ratio "$n" "$p") $(ratio "$o" "$p") $(ratio "$w" "$p") $(ratio "$k" "$q")"
   line="$line $(ratio "$pc" "$nc") $(ratio "$pc" "$oc") $(ratio "$pc" "$wc") $(ratio "$qc" "$kc")"
   printf '%-5s %-15s %-15s %-15s %-15s %-15s %-15s %s\n' "$r" "$p ($pc)" "$n ($nc)" \

@@ -464,3 +464,57 @@ async fn thousands_of_held_connections_leave_the_server_responsive() {
     drop(held);
     assert_healthy(&mut s, "thousands of held connections").await;
 }
+
+/// `max_connections`: with three connections held open (one of them mid-request),
+/// a fourth is not served, not even `GET /healthz`, until one of the three closes;
+/// then it is, and `/metrics` counts the connections open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_holds_new_connections_until_one_closes() {
+    let conf = scratch_file("maxconn.toml", b"[server]\nmax_connections = 3\n");
+    let mut s = start(&["--config", conf.to_str().expect("path")], &[]);
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let mut c = TcpStream::connect(host(&s)).await.expect("connect");
+        if i == 0 {
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+                .await
+                .expect("a partial request");
+        }
+        held.push(c);
+    }
+    // The fourth: connected by the kernel, never read while the three are open.
+    let mut fourth = TcpStream::connect(host(&s)).await.expect("connect");
+    fourth
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("a request");
+    let mut buf = vec![0u8; 64 * 1024];
+    let early = tokio::time::timeout(Duration::from_millis(1500), fourth.read(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "a fourth connection was served while three were open: {:?}",
+        early.map(|r| r.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned()))
+    );
+
+    drop(held.pop());
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, fourth.read(&mut buf)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => panic!("reading the fourth connection: {e}"),
+            Err(_) => panic!(
+                "the fourth connection was not served after one closed: {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // Two held and this one.
+    assert!(text.contains("tollgate_connections_open 3"), "{text}");
+    drop(held);
+    assert_healthy(&mut s, "max_connections").await;
+}
