@@ -387,6 +387,13 @@ async fn grpc_routes(
 /// hyper's own 30 s default needs a timer, which `axum::serve` does not give it.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a gRPC (HTTP/2) connection may be silent before the server sends a PING,
+/// and then how long the PING has to be answered before the connection is closed.
+/// A proxy's rate limit connections live for hours; without this, one whose peer
+/// vanished without a FIN (a crashed host, a dropped NAT entry) stays open forever
+/// and holds a `max_connections` place. Every HTTP/2 client answers PINGs itself.
+pub const GRPC_KEEPALIVE: Duration = Duration::from_secs(10);
+
 /// The pause after a failed `accept` (out of file descriptors, say) before the next
 /// one, so the loop does not spin while connections close.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -531,6 +538,8 @@ async fn worker<H: GrpcService + Clone>(
         .timer(TokioTimer::new())
         // gRPC needs no Date header; larger windows mean fewer WINDOW_UPDATE frames.
         .auto_date_header(false)
+        .keep_alive_interval(Some(GRPC_KEEPALIVE))
+        .keep_alive_timeout(GRPC_KEEPALIVE)
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20);
     while let Some(Conn {

@@ -962,3 +962,78 @@ async fn on_error_decides_while_redis_is_down_and_redis_again_once_it_is_back() 
         );
     }
 }
+
+/// A gRPC peer that vanished (connected, HTTP/2 started, then silent: it never
+/// answers a PING) is pinged after `GRPC_KEEPALIVE` (10 s) of silence and closed when
+/// the PING goes unanswered another 10 s: it does not hold its connection for ever.
+/// A live client answers the PINGs and keeps its connection (tonic's, here, idle
+/// just as long, then still served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_grpc_peer_is_pinged_and_closed_and_a_live_one_kept() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let domain = unique("keepalive");
+    let file = format!(
+        "domain: {domain}\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: day\n      requests_per_unit: 1000\n"
+    );
+    let (_dir, toml) = setup("keepalive", &[("k.yaml", &file)], "url = \"memory://\"");
+    let server = serve(&toml, &[]);
+    let url = server.grpc.clone().expect("grpc");
+    let addr = url.trim_start_matches("http://").to_owned();
+    let mut live = connect(&server).await;
+    let r = ask(&mut live, &domain, &[&[("k", "v")]]).await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+
+    let mut silent = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    // The client preface and an empty SETTINGS frame; nothing more, ever.
+    silent
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface");
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(40), silent.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the silent peer was still connected after 40 s"),
+        }
+    }
+    let closed_after = started.elapsed();
+    // Frames: 3-byte length, type, flags, 4-byte stream id, payload.
+    let mut types = Vec::new();
+    let mut at = 0;
+    while at + 9 <= got.len() {
+        let len =
+            usize::from(got[at]) << 16 | usize::from(got[at + 1]) << 8 | usize::from(got[at + 2]);
+        types.push(got[at + 3]);
+        at += 9 + len;
+    }
+    assert!(
+        types.contains(&0x6),
+        "a PING was sent: frame types {types:?}"
+    );
+    assert!(
+        closed_after >= Duration::from_secs(15) && closed_after < Duration::from_secs(35),
+        "closed after {closed_after:?}: expected the interval plus the timeout, 20 s"
+    );
+    // The live client was as idle and answered its PINGs: its connection is still
+    // open (tonic would reconnect unseen, so count the server's connections: the
+    // live one and this request's own).
+    let metrics = crate::running::client()
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("tollgate_connections_open 2"),
+        "the live gRPC connection and this one: {metrics}"
+    );
+    let r = ask(&mut live, &domain, &[&[("k", "v")]]).await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+}
