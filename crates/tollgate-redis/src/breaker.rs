@@ -117,12 +117,10 @@ impl Breaker {
         (self.threshold, self.cooldown)
     }
 
-    fn open(&self) {
-        let until = self
-            .now()
-            .saturating_add(u64::try_from(self.cooldown.as_nanos()).unwrap_or(u64::MAX));
-        self.failures.store(0, Ordering::Release);
-        self.open_until.store(until, Ordering::Release);
+    /// The instant an open breaker opened now lets a probe go.
+    fn cooled(&self) -> u64 {
+        self.now()
+            .saturating_add(u64::try_from(self.cooldown.as_nanos()).unwrap_or(u64::MAX))
     }
 }
 
@@ -142,11 +140,16 @@ impl Attempt<'_> {
             }
             Outcome::Failed => {
                 if self.probe {
-                    b.open();
+                    b.open_until.store(b.cooled(), Ordering::Release);
                 } else if b.threshold > 0 {
                     let n = b.failures.fetch_add(1, Ordering::AcqRel).saturating_add(1);
-                    if n >= b.threshold && !b.is_open() {
-                        b.open();
+                    // Of the calls failing together, the one that opens it says so.
+                    if n >= b.threshold
+                        && b.open_until
+                            .compare_exchange(0, b.cooled(), Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok()
+                    {
+                        b.failures.store(0, Ordering::Release);
                         tracing::warn!(
                             failures = n,
                             cooldown_ms = b.cooldown.as_millis() as u64,
