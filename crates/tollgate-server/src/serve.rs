@@ -465,7 +465,7 @@ async fn dispatch(
                 if !full {
                     full = true;
                     tracing::warn!(
-                        "max_connections connections are open: new {}connections wait until one closes",
+                        "every max_connections place is taken: new {}connections wait until one closes",
                         kind.name()
                     );
                 }
