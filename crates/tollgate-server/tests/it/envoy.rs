@@ -59,6 +59,17 @@ fn setup(name: &str, files: &[(&str, &str)], store: &str) -> (PathBuf, PathBuf) 
     (dir, toml)
 }
 
+/// A server on the memory store whose one domain (returned) has one rule, `k`, at
+/// 1,000 a day: room for any test's calls.
+fn roomy_memory_server(name: &str) -> (String, Server) {
+    let domain = unique(name);
+    let file = format!(
+        "domain: {domain}\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: day\n      requests_per_unit: 1000\n"
+    );
+    let (_dir, toml) = setup(name, &[("rules.yaml", &file)], "url = \"memory://\"");
+    (domain, serve(&toml, &[]))
+}
+
 fn serve(toml: &Path, env: &[(&str, &str)]) -> Server {
     start(&["--config", toml.to_str().expect("UTF-8 path")], env)
 }
@@ -808,12 +819,7 @@ async fn raw_call(server: &Server, body: Vec<u8>, encoding: Option<&str>) -> Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_invalid_calls_get_grpc_errors_and_the_service_goes_on() {
     use prost::Message;
-    let domain = unique("malformed");
-    let file = format!(
-        "domain: {domain}\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: day\n      requests_per_unit: 1000\n"
-    );
-    let (_dir, toml) = setup("malformed", &[("m.yaml", &file)], "url = \"memory://\"");
-    let server = serve(&toml, &[]);
+    let (domain, server) = roomy_memory_server("malformed");
 
     // No domain: INVALID_ARGUMENT, through the generated client.
     let mut c = connect(&server).await;
@@ -971,12 +977,7 @@ async fn on_error_decides_while_redis_is_down_and_redis_again_once_it_is_back() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_grpc_peer_is_pinged_and_closed_and_a_live_one_kept() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let domain = unique("keepalive");
-    let file = format!(
-        "domain: {domain}\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: day\n      requests_per_unit: 1000\n"
-    );
-    let (_dir, toml) = setup("keepalive", &[("k.yaml", &file)], "url = \"memory://\"");
-    let server = serve(&toml, &[]);
+    let (domain, server) = roomy_memory_server("keepalive");
     let url = server.grpc.clone().expect("grpc");
     let addr = url.trim_start_matches("http://").to_owned();
     let mut live = connect(&server).await;
