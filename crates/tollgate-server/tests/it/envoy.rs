@@ -17,7 +17,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::running::{Server, client, start};
+use crate::running::{Server, client, metrics_text, start};
 
 fn redis_url() -> String {
     std::env::var("TOLLGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -347,14 +347,7 @@ async fn should_rate_limit_over_grpc_as_envoyproxy_ratelimit_documents() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
 
     // The metrics, per rule, beside the server's own.
-    let text = client()
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = metrics_text(&server.base).await;
     let line = |name: &str, rule: &str| {
         let head = format!("tollgate_{name}_total{{domain=\"{domain}\",rule=\"{rule}\"}} ");
         text.lines()
@@ -934,14 +927,7 @@ async fn on_error_decides_while_redis_is_down_and_redis_again_once_it_is_back() 
             "allow" => assert_eq!(codes, [ok, ok, ok, ok]),
             _ => assert_eq!(codes, [ok, ok, over, over], "this node's share: 4 / 2"),
         }
-        let metrics = client()
-            .get(format!("{}/metrics", server.base))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let metrics = metrics_text(&server.base).await;
         assert!(
             metrics.contains("tollgate_fallback_active 1"),
             "{mode}: {metrics}"
@@ -1023,14 +1009,7 @@ async fn a_silent_grpc_peer_is_pinged_and_closed_and_a_live_one_kept() {
     // The live client was as idle and answered its PINGs: its connection is still
     // open (tonic would reconnect unseen, so count the server's connections: the
     // live one and this request's own).
-    let metrics = crate::running::client()
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics_text(&server.base).await;
     assert!(
         metrics.contains("tollgate_connections_open 2"),
         "the live gRPC connection and this one: {metrics}"

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::PrivateRedis;
-use crate::running::{client, start};
+use crate::running::{client, metrics_text, start};
 
 fn redis_url() -> String {
     std::env::var("TOLLGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -330,17 +330,6 @@ async fn a_hung_redis_opens_the_breaker_and_the_fallback_answers_at_once() {
     }
     let metrics = metrics_text(&s.base).await;
     assert!(metrics.contains("tollgate_fallback_active 0"), "{metrics}");
-}
-
-async fn metrics_text(base: &str) -> String {
-    client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

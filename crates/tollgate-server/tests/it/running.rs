@@ -107,3 +107,15 @@ pub fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().build().expect("http client")
 }
+
+/// The server's `GET /metrics` text.
+pub async fn metrics_text(base: &str) -> String {
+    client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
