@@ -49,6 +49,18 @@
 --   more than the decision itself). For the windows: the six numbers of the
 --   decision, as above without the instant and the view.
 --
+-- FCALL __NAME___n numkeys KEYS... ARGV...: several independent checks, each decided
+-- as __NAME___1 decides it, one after another (a client sends the one-check calls
+-- it has in flight together this way: Redis then runs one function call for them,
+-- not one each, and the call's own cost is most of a check's).
+-- KEYS: each check's keys as for __NAME___1, check after check.
+-- ARGV[1]: "t" (one Redis TIME for every check) or "c" (each check's instant follows
+--   its description).
+-- ARGV[2...]: per check, its description as ARGV[1] of __NAME___1, then with "c"
+--   its instant as seconds and nanoseconds.
+-- Returns an array of each check's reply as __NAME___1's; a check that fails (a key
+--   of another type) has an error in its place, and the others are decided.
+--
 -- Numbers: Lua numbers are doubles, exact for integers below 2^53. Instants (about
 -- 1.8e18 ns) are therefore held as two numbers, seconds and nanoseconds; durations are
 -- at most 2^52 ns (the store refuses longer policies), and every product that can pass
@@ -642,25 +654,13 @@ local function spec_of(text)
   return p
 end
 
--- One check, the common call, kept lean: its description in one argument, parsed
--- once, no stack bookkeeping, and only the decision in the reply. For the bucket
--- family the reply is one integer, the wait (see the header): an array reply costs
--- Redis more than the whole decision.
-local function single(keys, args)
-  if not floor then
-    bind()
-  end
+-- Decides one check described by p (parsed by spec_of) at the instant ts, tn, whose
+-- state key is keys[k] (and log key keys[k + 1]), and writes its new state; returns
+-- the reply of __NAME___1 for it. For the bucket family the reply is one integer,
+-- the wait (see the header): an array reply costs Redis more than the whole decision.
+local function one_check(keys, k, p, ts, tn)
   local call = redis.call
-  local text = args[1]
-  local p = specs[text] or spec_of(text)
-  local ts, tn
-  if args[2] then
-    ts, tn = tonumber(args[2]), tonumber(args[3])
-  else
-    local now = call("TIME")
-    ts, tn = tonumber(now[1]), tonumber(now[2]) * 1000
-  end
-  local raw = call("GET", keys[1])
+  local raw = call("GET", keys[k])
   local alg, x, y, c = p[2], p[3], p[4], p[6]
   if p[8] then
     -- bucket(), reduced to what the reply and the write need.
@@ -674,7 +674,7 @@ local function single(keys, args)
     end
     if p[1] then
       local ns, nn = add(ss, sn, c * x)
-      call("SET", keys[1], format("b %d %d", ns, nn), "PX", format("%d", ttl_ms(ahead, p[7])))
+      call("SET", keys[k], format("b %d %d", ns, nn), "PX", format("%d", ttl_ms(ahead, p[7])))
     end
     return wait
   end
@@ -684,17 +684,80 @@ local function single(keys, args)
   elseif alg == "c" then
     a, rem, reset, retry, delay, reason, _, _, state, ttl = counter(raw, ts, tn, x, y, c)
   else
-    a, rem, reset, retry, delay, reason, _, _, state, ttl, todo = log(raw, ts, tn, x, y, c, keys[2])
+    a, rem, reset, retry, delay, reason, _, _, state, ttl, todo = log(raw, ts, tn, x, y, c, keys[k + 1])
   end
   if a == 1 and p[1] then
     local ms = ttl_ms(ttl, p[7])
     if todo then
-      write_log(keys[2], todo, ms)
+      write_log(keys[k + 1], todo, ms)
     end
-    call("SET", keys[1], state, "PX", format("%d", ms))
+    call("SET", keys[k], state, "PX", format("%d", ms))
   end
   return { a, rem, reset, retry, delay, reason }
 end
 
+-- One check, the common call, kept lean: its description in one argument, parsed
+-- once, no stack bookkeeping, and only the decision in the reply.
+local function single(keys, args)
+  if not floor then
+    bind()
+  end
+  local text = args[1]
+  local p = specs[text] or spec_of(text)
+  local ts, tn
+  if args[2] then
+    ts, tn = tonumber(args[2]), tonumber(args[3])
+  else
+    local now = redis.call("TIME")
+    ts, tn = tonumber(now[1]), tonumber(now[2]) * 1000
+  end
+  return one_check(keys, 1, p, ts, tn)
+end
+
+-- Many independent checks in one call, each as __NAME___1 would decide it, one
+-- after another (see the header). A check that fails (a key of another type) fails
+-- alone: its place in the reply holds the error, and the others are decided.
+local function many(keys, args)
+  if not floor then
+    bind()
+  end
+  local caller = args[1] == "c"
+  local ts, tn
+  if not caller then
+    local now = redis.call("TIME")
+    ts, tn = tonumber(now[1]), tonumber(now[2]) * 1000
+  end
+  local out = {}
+  local n, k, a, last = 0, 1, 2, #args
+  while a <= last do
+    local text = args[a]
+    local p = specs[text] or spec_of(text)
+    if caller then
+      ts, tn = tonumber(args[a + 1]), tonumber(args[a + 2])
+      a = a + 3
+    else
+      a = a + 1
+    end
+    local ok, r = pcall(one_check, keys, k, p, ts, tn)
+    n = n + 1
+    if ok then
+      out[n] = r
+    elseif type(r) == "table" and r.err then
+      out[n] = r
+    else
+      -- Redis's own errors start with their code (WRONGTYPE ...); others get one.
+      r = tostring(r)
+      out[n] = { err = match(r, "^%u+ ") and r or "ERR tollgate: " .. r }
+    end
+    if p[2] == "l" then
+      k = k + 2
+    else
+      k = k + 1
+    end
+  end
+  return out
+end
+
 redis.register_function("__NAME__", decide)
 redis.register_function("__NAME___1", single)
+redis.register_function("__NAME___n", many)

@@ -178,6 +178,8 @@ impl RedisStoreBuilder {
         }
         let target = parse(&self.url)?;
         install_tls_provider();
+        let (function, code) = library();
+        let many: Arc<str> = Arc::from(format!("{function}_n"));
         let wait = self.connect_timeout;
         let conns = match target {
             Target::Single(url) => {
@@ -218,12 +220,13 @@ impl RedisStoreBuilder {
                         .map_err(RedisError::Unavailable)?;
                         all.push(made);
                     }
-                    Some(Arc::new(Lane::new(all, self.timeout)))
+                    Some(Arc::new(Lane::new(all, Arc::clone(&many), self.timeout)))
                 };
                 Conns::Single(Box::new(Single {
                     client,
                     config,
                     shared,
+                    many,
                     id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
                     lanes: Arc::new(Mutex::new(Vec::new())),
                     timeout: self.timeout,
@@ -256,7 +259,6 @@ impl RedisStoreBuilder {
         } else {
             0
         };
-        let (function, code) = library();
         let single = format!("{function}_1");
         let store = RedisStore {
             inner: Arc::new(Inner {
@@ -318,6 +320,8 @@ struct Single {
     config: ConnectionManagerConfig,
     /// The lane every thread shares; `None` for a lane per thread.
     shared: Option<Arc<Lane>>,
+    /// The library's function for many one-check calls (`<name>_n`).
+    many: Arc<str>,
     /// This store's number, which its threads' lanes are found by.
     id: u64,
     /// The per-thread lanes, owned here so they close with the store; each thread
@@ -376,7 +380,7 @@ impl Single {
             let conn =
                 ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
                     .map_err(RedisError::Unavailable)?;
-            let lane = Arc::new(Lane::new(vec![conn], self.timeout));
+            let lane = Arc::new(Lane::new(vec![conn], Arc::clone(&self.many), self.timeout));
             lock(&self.lanes).push(Arc::clone(&lane));
             mine.0
                 .push((self.id, Arc::downgrade(&lane), Arc::downgrade(&self.lanes)));
@@ -388,6 +392,8 @@ impl Single {
 /// Connections, and the calls waiting to be sent together on them.
 struct Lane {
     conns: Vec<ConnectionManager>,
+    /// The library's function for many one-check calls at once (`<name>_n`).
+    many: Arc<str>,
     /// The connection the next batch goes out on, modulo their number.
     next: AtomicUsize,
     queue: Mutex<Queue>,
@@ -395,13 +401,16 @@ struct Lane {
 }
 
 impl Lane {
-    fn new(conns: Vec<ConnectionManager>, timeout: Duration) -> Lane {
+    fn new(conns: Vec<ConnectionManager>, many: Arc<str>, timeout: Duration) -> Lane {
         Lane {
             conns,
+            many,
             next: AtomicUsize::new(0),
             queue: Mutex::new(Queue {
                 pipe: redis::Pipeline::with_capacity(BATCH),
                 replies: Vec::with_capacity(BATCH),
+                ones: Vec::with_capacity(BATCH),
+                one_replies: Vec::with_capacity(BATCH),
                 deadline: Instant::now(),
                 batch: 0,
                 spare: None,
@@ -411,15 +420,29 @@ impl Lane {
     }
 }
 
+/// What a call is, for the batch it joins.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Call {
+    /// Any command, sent as it is.
+    Plain,
+    /// `FCALL <name>_1`: one check, which may go with others as one `FCALL <name>_n`.
+    One,
+}
+
 /// Where a call's reply goes.
 type Reply = oneshot::Sender<Result<redis::Value, RedisError>>;
 
 /// The calls of a single server waiting to be sent together.
 struct Queue {
-    /// The calls, in the order they joined.
+    /// The calls, in the order they joined, but for the one-check calls.
     pipe: redis::Pipeline,
     /// Where each call's reply goes.
     replies: Vec<Reply>,
+    /// The one-check calls (`FCALL <name>_1`), sent as one `FCALL <name>_n` when
+    /// there are several (see [`many_call`]).
+    ones: Vec<redis::Cmd>,
+    /// Where each one-check call's reply goes.
+    one_replies: Vec<Reply>,
     /// When the batch's first call gives up: the batch gives up then.
     deadline: Instant,
     /// Counts the batches taken: a task started for a batch that another call
@@ -428,13 +451,45 @@ struct Queue {
     /// A sent batch's emptied vectors, kept for the next batch: a batch allocates
     /// nothing of its own (each would be large, and glibc sorts its free lists
     /// before every large allocation).
-    spare: Option<(redis::Pipeline, Vec<Reply>)>,
+    spare: Option<Calls>,
+}
+
+impl Queue {
+    /// How many calls wait.
+    fn len(&self) -> usize {
+        self.replies.len() + self.one_replies.len()
+    }
+}
+
+/// Calls taken from a queue to be sent (or, emptied, kept for the next batch).
+struct Calls {
+    pipe: redis::Pipeline,
+    replies: Vec<Reply>,
+    ones: Vec<redis::Cmd>,
+    one_replies: Vec<Reply>,
+}
+
+impl Calls {
+    fn new() -> Calls {
+        Calls {
+            pipe: redis::Pipeline::with_capacity(BATCH),
+            replies: Vec::with_capacity(BATCH),
+            ones: Vec::with_capacity(BATCH),
+            one_replies: Vec::with_capacity(BATCH),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.pipe.clear();
+        self.replies.clear();
+        self.ones.clear();
+        self.one_replies.clear();
+    }
 }
 
 /// Calls taken from a queue to be sent.
 struct Batch {
-    pipe: redis::Pipeline,
-    replies: Vec<Reply>,
+    calls: Calls,
     deadline: Instant,
 }
 
@@ -442,15 +497,14 @@ impl Queue {
     /// Takes the queued calls as a batch (the next one starts empty).
     fn take(&mut self) -> Batch {
         self.batch += 1;
-        let (pipe, replies) = self.spare.take().unwrap_or_else(|| {
-            (
-                redis::Pipeline::with_capacity(BATCH),
-                Vec::with_capacity(BATCH),
-            )
-        });
+        let next = self.spare.take().unwrap_or_else(Calls::new);
         Batch {
-            pipe: std::mem::replace(&mut self.pipe, pipe),
-            replies: std::mem::replace(&mut self.replies, replies),
+            calls: Calls {
+                pipe: std::mem::replace(&mut self.pipe, next.pipe),
+                replies: std::mem::replace(&mut self.replies, next.replies),
+                ones: std::mem::replace(&mut self.ones, next.ones),
+                one_replies: std::mem::replace(&mut self.one_replies, next.one_replies),
+            },
             deadline: self.deadline,
         }
     }
@@ -600,9 +654,13 @@ impl RedisStore {
     pub async fn ping(&self) -> Result<(), RedisError> {
         self.timed(async {
             let deadline = Instant::now() + self.inner.timeout;
-            match self.query::<String>(redis::cmd("PING"), deadline).await {
+            match self
+                .query::<String>(redis::cmd("PING"), Call::Plain, deadline)
+                .await
+            {
                 Err(RedisError::Unavailable(_)) => {
-                    self.query::<String>(redis::cmd("PING"), deadline).await
+                    self.query::<String>(redis::cmd("PING"), Call::Plain, deadline)
+                        .await
                 }
                 other => other,
             }
@@ -650,10 +708,11 @@ impl RedisStore {
     async fn query<T: redis::FromRedisValue>(
         &self,
         cmd: redis::Cmd,
+        kind: Call,
         deadline: Instant,
     ) -> Result<T, RedisError> {
         let value = match &self.inner.conns {
-            Conns::Single(..) => self.batched(cmd, deadline).await?,
+            Conns::Single(..) => self.batched(cmd, kind, deadline).await?,
             Conns::Cluster(conn) => {
                 let mut conn = conn.clone();
                 return cmd.query_async::<T>(&mut conn).await.map_err(classify);
@@ -670,12 +729,17 @@ impl RedisStore {
     /// runtime, calls in flight together cost one message through the client and
     /// one read for Redis, not one each.
     ///
+    /// One-check calls (`kind` [`Call::One`]) in a batch go as one call of the
+    /// library's `_n` function, which decides each as its `_1` would: Redis runs one
+    /// function call for them, not one each, which is most of its cost per check.
+    ///
     /// A batch gives up at the deadline of its first call, which is never later
     /// than any other's (they joined after it): no call waits past its own deadline,
     /// and none needs a timer of its own.
     async fn batched(
         &self,
         cmd: redis::Cmd,
+        kind: Call,
         deadline: Instant,
     ) -> Result<redis::Value, RedisError> {
         let Conns::Single(single) = &self.inner.conns else {
@@ -685,14 +749,23 @@ impl RedisStore {
         let (tx, rx) = oneshot::channel();
         let (start, full) = {
             let mut q = lock(&lane.queue);
-            q.pipe.add_command(cmd);
-            q.replies.push(tx);
-            if q.replies.len() == 1 {
+            match kind {
+                Call::Plain => {
+                    q.pipe.add_command(cmd);
+                    q.replies.push(tx);
+                }
+                Call::One => {
+                    q.ones.push(cmd);
+                    q.one_replies.push(tx);
+                }
+            }
+            let n = q.len();
+            if n == 1 {
                 q.deadline = deadline;
             }
-            if q.replies.len() >= BATCH {
+            if n >= BATCH {
                 (None, Some(q.take()))
-            } else if q.replies.len() == 1 {
+            } else if n == 1 {
                 (Some(q.batch), None)
             } else {
                 (None, None)
@@ -901,7 +974,7 @@ impl RedisStore {
             }
             cmd.arg(c.cost.get());
         }
-        let reply: Vec<i64> = self.fcall(|| cmd.clone(), deadline).await?;
+        let reply: Vec<i64> = self.fcall(|| cmd.clone(), Call::Plain, deadline).await?;
         let bad = || RedisError::Reply(format!("the function answered {} numbers", reply.len()));
         if reply.len() < 2 {
             return Err(bad());
@@ -969,7 +1042,10 @@ impl RedisStore {
             }
             cmd
         };
-        match self.fcall::<redis::Value>(build, deadline).await? {
+        match self
+            .fcall::<redis::Value>(build, Call::One, deadline)
+            .await?
+        {
             redis::Value::Int(reply) if p.algorithm().is_bucket() => {
                 bucket_answer(p, check.cost, reply)
             }
@@ -1001,11 +1077,12 @@ impl RedisStore {
     async fn fcall<T: redis::FromRedisValue>(
         &self,
         cmd: impl Fn() -> redis::Cmd,
+        kind: Call,
         deadline: Instant,
     ) -> Result<T, RedisError> {
         let mut loads = 0;
         loop {
-            match self.query::<T>(cmd(), deadline).await {
+            match self.query::<T>(cmd(), kind, deadline).await {
                 Ok(reply) => return Ok(reply),
                 Err(RedisError::Server(e)) if missing_function(&e) && loads < 5 => {
                     // The function is gone (restart, failover, FUNCTION FLUSH): the
@@ -1033,7 +1110,7 @@ impl RedisStore {
     async fn load(&self, deadline: Instant) -> Result<(), RedisError> {
         let mut cmd = redis::cmd("FUNCTION");
         cmd.arg("LOAD").arg("REPLACE").arg(&self.inner.code);
-        match self.query::<redis::Value>(cmd, deadline).await {
+        match self.query::<redis::Value>(cmd, Call::Plain, deadline).await {
             Ok(_) => Ok(()),
             Err(RedisError::Server(e)) if e.to_string().contains("unknown command") => {
                 Err(RedisError::Config(format!(
@@ -1050,7 +1127,7 @@ impl RedisStore {
         cmd.arg(state_key(&self.inner.prefix, key))
             .arg(log_key(&self.inner.prefix, key));
         let deadline = Instant::now() + self.inner.timeout;
-        let _: i64 = self.timed(self.query(cmd, deadline)).await??;
+        let _: i64 = self.timed(self.query(cmd, Call::Plain, deadline)).await??;
         Ok(())
     }
 }
@@ -1090,7 +1167,12 @@ impl Unsent {
 impl Drop for Unsent {
     fn drop(&mut self) {
         if let Some((_, batch)) = self.take() {
-            for tx in batch.replies {
+            let Calls {
+                replies,
+                one_replies,
+                ..
+            } = batch.calls;
+            for tx in replies.into_iter().chain(one_replies) {
                 let _ = tx.send(Err(gone()));
             }
         }
@@ -1109,71 +1191,177 @@ async fn send_batch(mut unsent: Unsent) {
 /// Sends a batch as one pipeline and hands each call its reply.
 async fn send_calls(lane: Arc<Lane>, batch: Batch) {
     let Batch {
-        mut pipe,
-        mut replies,
+        mut calls,
         deadline,
     } = batch;
-    if replies.iter().any(|tx| tx.is_closed()) {
-        // A call given up (its caller gone) before it was sent is never sent.
-        let mut kept = redis::Pipeline::with_capacity(replies.len());
-        let mut waiting = Vec::with_capacity(replies.len());
-        for (cmd, tx) in pipe.cmd_iter().zip(replies.drain(..)) {
+    // A call given up (its caller gone) before it was sent is never sent.
+    if calls.replies.iter().any(|tx| tx.is_closed()) {
+        let mut kept = redis::Pipeline::with_capacity(calls.replies.len());
+        let mut waiting = Vec::with_capacity(calls.replies.len());
+        for (cmd, tx) in calls.pipe.cmd_iter().zip(calls.replies.drain(..)) {
             if !tx.is_closed() {
                 kept.add_command(cmd.clone());
                 waiting.push(tx);
             }
         }
-        (pipe, replies) = (kept, waiting);
+        (calls.pipe, calls.replies) = (kept, waiting);
     }
-    if !replies.is_empty() {
-        send_pipeline(&lane, &pipe, &mut replies, deadline).await;
+    if calls.one_replies.iter().any(|tx| tx.is_closed()) {
+        let ones = std::mem::take(&mut calls.ones);
+        let replies = std::mem::take(&mut calls.one_replies);
+        for (cmd, tx) in ones.into_iter().zip(replies) {
+            if !tx.is_closed() {
+                calls.ones.push(cmd);
+                calls.one_replies.push(tx);
+            }
+        }
+    }
+    // Several one-check calls go as one call of `_n`; one goes as it is.
+    let many = match calls.ones.len() {
+        0 => false,
+        1 => false,
+        _ => match many_call(&lane.many, &calls.ones) {
+            Some(cmd) => {
+                calls.pipe.add_command(cmd);
+                true
+            }
+            None => false,
+        },
+    };
+    if !many {
+        for cmd in calls.ones.drain(..) {
+            calls.pipe.add_command(cmd);
+        }
+        calls.replies.append(&mut calls.one_replies);
+    }
+    if !calls.pipe.is_empty() {
+        send_pipeline(
+            &lane,
+            &calls.pipe,
+            &mut calls.replies,
+            &mut calls.one_replies,
+            deadline,
+        )
+        .await;
     }
     // Keep the vectors for a later batch.
-    pipe.clear();
-    replies.clear();
+    calls.clear();
     let mut q = lock(&lane.queue);
     if q.spare.is_none() {
-        q.spare = Some((pipe, replies));
+        q.spare = Some(calls);
     }
 }
 
+/// One `FCALL <many> numkeys KEYS... ARGV...` for the one-check calls `ones` (each
+/// `FCALL <name>_1 numkeys KEYS... spec [seconds nanoseconds]`): their keys in
+/// order, then `t` (Redis TIME) or `c` (each check's own instant follows its spec),
+/// then each call's arguments. `None` when the calls are not all of that shape or
+/// do not agree on the clock (a store's calls always do).
+fn many_call(many: &str, ones: &[redis::Cmd]) -> Option<redis::Cmd> {
+    /// A call's arguments as bytes (a one-check call has no cursor argument).
+    fn args(cmd: &redis::Cmd) -> impl Iterator<Item = &[u8]> {
+        cmd.args_iter().map(|a| match a {
+            redis::Arg::Simple(bytes) => bytes,
+            _ => &[],
+        })
+    }
+    /// A one-check call's number of keys and of arguments after them.
+    fn shape(cmd: &redis::Cmd) -> Option<(usize, usize)> {
+        let numkeys: usize = std::str::from_utf8(args(cmd).nth(2)?).ok()?.parse().ok()?;
+        let rest = args(cmd).count().checked_sub(3 + numkeys)?;
+        Some((numkeys, rest))
+    }
+    let mut shapes: SmallVec<[(usize, usize); BATCH]> = SmallVec::with_capacity(ones.len());
+    for cmd in ones {
+        shapes.push(shape(cmd)?);
+    }
+    // One argument (the spec) under Redis TIME, three with the caller's instant;
+    // the calls of one store agree.
+    let rest = shapes.first()?.1;
+    if !(rest == 1 || rest == 3) || shapes.iter().any(|s| s.1 != rest) {
+        return None;
+    }
+    let numkeys: usize = shapes.iter().map(|s| s.0).sum();
+    let bytes: usize = ones
+        .iter()
+        .flat_map(|c| args(c).skip(3))
+        .map(<[u8]>::len)
+        .sum();
+    let mut cmd = redis::Cmd::with_capacity(4 + numkeys + rest * ones.len(), bytes + 64);
+    cmd.arg("FCALL").arg(many).arg(numkeys);
+    for (one, &(n, _)) in ones.iter().zip(&shapes) {
+        for key in args(one).skip(3).take(n) {
+            cmd.arg(key);
+        }
+    }
+    cmd.arg(if rest == 3 { "c" } else { "t" });
+    for (one, &(n, _)) in ones.iter().zip(&shapes) {
+        for arg in args(one).skip(3 + n) {
+            cmd.arg(arg);
+        }
+    }
+    Some(cmd)
+}
+
 /// Sends `pipe` on the lane's next connection and hands each reply to its caller,
-/// giving up at `deadline`.
+/// giving up at `deadline`: `replies` get the pipeline's replies in order; when
+/// `ones` is not empty, the pipeline's last call is one `_n` call for them, and each
+/// gets its item of that call's reply.
 async fn send_pipeline(
     lane: &Lane,
     pipe: &redis::Pipeline,
     replies: &mut Vec<Reply>,
+    ones: &mut Vec<Reply>,
     deadline: Instant,
 ) {
     let i = lane.next.fetch_add(1, Ordering::Relaxed) % lane.conns.len();
     let mut conn = lane.conns[i].clone();
+    let expected = replies.len() + usize::from(!ones.is_empty());
     let sent =
-        tokio::time::timeout_at(deadline, conn.send_packed_commands(pipe, 0, replies.len())).await;
+        tokio::time::timeout_at(deadline, conn.send_packed_commands(pipe, 0, expected)).await;
+    let fail_all = |replies: &mut Vec<Reply>, ones: &mut Vec<Reply>, e: &dyn Fn() -> RedisError| {
+        for tx in replies.drain(..).chain(ones.drain(..)) {
+            let _ = tx.send(Err(e()));
+        }
+    };
     match sent {
-        Ok(Ok(values)) if values.len() == replies.len() => {
+        Ok(Ok(mut values)) if values.len() == expected => {
+            if !ones.is_empty() {
+                // The `_n` call's reply: one item per check, or one error for all.
+                match values.pop() {
+                    Some(redis::Value::Array(items)) if items.len() == ones.len() => {
+                        for (item, tx) in items.into_iter().zip(ones.drain(..)) {
+                            let _ = tx.send(Ok(item));
+                        }
+                    }
+                    Some(error @ redis::Value::ServerError(_)) => {
+                        for tx in ones.drain(..) {
+                            let _ = tx.send(Ok(error.clone()));
+                        }
+                    }
+                    other => {
+                        let e =
+                            format!("the function answered {other:?} for {} checks", ones.len());
+                        for tx in ones.drain(..) {
+                            let _ = tx.send(Err(RedisError::Reply(e.clone())));
+                        }
+                    }
+                }
+            }
             for (value, tx) in values.into_iter().zip(replies.drain(..)) {
                 let _ = tx.send(Ok(value));
             }
         }
         Ok(Ok(values)) => {
-            for tx in replies.drain(..) {
-                let _ = tx.send(Err(RedisError::Reply(format!(
-                    "a pipeline of {} calls answered {} replies",
-                    pipe.len(),
-                    values.len()
-                ))));
-            }
+            let e = format!(
+                "a pipeline of {} calls answered {} replies",
+                pipe.len(),
+                values.len()
+            );
+            fail_all(replies, ones, &|| RedisError::Reply(e.clone()));
         }
-        Ok(Err(e)) => {
-            for tx in replies.drain(..) {
-                let _ = tx.send(Err(classify(e.clone())));
-            }
-        }
-        Err(_) => {
-            for tx in replies.drain(..) {
-                let _ = tx.send(Err(RedisError::Timeout(lane.timeout)));
-            }
-        }
+        Ok(Err(e)) => fail_all(replies, ones, &|| classify(e.clone())),
+        Err(_) => fail_all(replies, ones, &|| RedisError::Timeout(lane.timeout)),
     }
 }
 

@@ -30,7 +30,7 @@ const PERIODS: [u64; 12] = [
     1 << 52,
 ];
 
-fn random_policy(next: &mut impl FnMut() -> u64) -> Policy {
+pub fn random_policy(next: &mut impl FnMut() -> u64) -> Policy {
     loop {
         let algorithm = Algorithm::ALL[(next() % 6) as usize];
         let limit = match next() % 8 {
@@ -68,7 +68,7 @@ fn random_policy(next: &mut impl FnMut() -> u64) -> Policy {
     }
 }
 
-fn random_step(next: &mut impl FnMut() -> u64, p: &Policy) -> u64 {
+pub fn random_step(next: &mut impl FnMut() -> u64, p: &Policy) -> u64 {
     let t = p.emission_interval().as_u64().max(1);
     let w = p.period().as_u64();
     match next() % 10 {
