@@ -121,6 +121,21 @@ pub fn app(state: Arc<AppState>) -> Result<Router, BuildError> {
     Ok(api.fallback_service(protected))
 }
 
+/// The router of `server.admin_listen`: health and metrics alone, for probes and
+/// scrapers (no decision API, no protected API: every other path is a 404).
+pub fn admin(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::guard,
+        ))
+        .with_state(state)
+}
+
 /// `GET /` of the protected API: the seed's answer.
 async fn demo_root() -> Response {
     let now = jiff::ZonedDateTime::now()
@@ -129,7 +144,7 @@ async fn demo_root() -> Response {
     axum::Json(json!({ "message": format!("RATE LIMITING API {now}") })).into_response()
 }
 
-/// Any other path of the protected API, once admitted.
+/// Any other path of the protected API, once admitted (and of the admin listener).
 async fn not_found(method: Method, uri: Uri) -> Response {
     (
         StatusCode::NOT_FOUND,

@@ -41,6 +41,11 @@ pub struct Config {
     /// Most client connections open at once (HTTP and gRPC together); at the cap
     /// the server accepts no more until one closes (they wait in the listen queue).
     pub max_connections: usize,
+    /// A second HTTP listener for operations alone (`/healthz`, `/readyz`,
+    /// `/metrics`), outside `max_connections` and served apart from the workers, so
+    /// probes and scrapes are answered while the main listener is full or busy.
+    /// `None` runs none.
+    pub admin_listen: Option<SocketAddr>,
     /// The store.
     pub store: StoreConfig,
     /// The named policies.
@@ -320,6 +325,7 @@ struct ServerSection {
     max_body_bytes: Option<Spanned<i64>>,
     workers: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
+    admin_listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -486,6 +492,7 @@ fn from_preset(preset: Preset) -> Config {
         max_body_bytes: 64 * 1024,
         workers: 0,
         max_connections: 10_000,
+        admin_listen: None,
         store: default_store(url),
         protect: Protect {
             policies: policies.iter().map(|p| p.name.clone()).collect(),
@@ -564,6 +571,10 @@ pub fn from_text(origin: &str, text: &str) -> Result<Config, ConfigError> {
     if let Some(n) = &s.max_body_bytes {
         config.max_body_bytes = positive(n, 64..=16 * 1024 * 1024)
             .map_err(|m| src.error("server.max_body_bytes", n, m))?;
+    }
+    if let Some(at) = &s.admin_listen {
+        config.admin_listen = parse_admin_listen(at.get_ref())
+            .map_err(|m| src.error("server.admin_listen", at, m))?;
     }
 
     let st = &file.store;
@@ -985,6 +996,10 @@ fn apply_env(config: &mut Config, env: &BTreeMap<String, String>) -> Result<(), 
                 )
             })?;
     }
+    if let Some(at) = get("TOLLGATE_ADMIN_LISTEN") {
+        config.admin_listen =
+            parse_admin_listen(at).map_err(|m| env_error("TOLLGATE_ADMIN_LISTEN", m))?;
+    }
     if let Some(token) = get("TOLLGATE_ADMIN_TOKEN") {
         config.admin_token = Some(token.to_owned());
     }
@@ -1054,6 +1069,16 @@ fn check_references(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `server.admin_listen`: an address and port, or empty for none.
+fn parse_admin_listen(text: &str) -> Result<Option<SocketAddr>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        format!("{text:?} is not an address and port, such as \"0.0.0.0:9000\" (or \"\" for none)")
+    })
+}
+
 /// The effective configuration as TOML, for `tollgate check-config`.
 pub fn render(config: &Config) -> String {
     let mut out = String::new();
@@ -1077,7 +1102,14 @@ pub fn render(config: &Config) -> String {
     out.push_str(&format!("max_key_len = {}\n", config.max_key_len));
     out.push_str(&format!("max_body_bytes = {}\n", config.max_body_bytes));
     out.push_str(&format!("workers = {}\n", config.workers));
-    out.push_str(&format!("max_connections = {}\n\n", config.max_connections));
+    out.push_str(&format!("max_connections = {}\n", config.max_connections));
+    out.push_str(&format!(
+        "admin_listen = {}\n\n",
+        q(&config
+            .admin_listen
+            .map(|a| a.to_string())
+            .unwrap_or_default())
+    ));
     let s = &config.store;
     out.push_str("[store]\n");
     out.push_str(&format!("url = {}\n", q(&redact(&s.url))));
@@ -1467,6 +1499,42 @@ upstream = "http://127.0.0.1:3000/"
         .expect_err("missing dir");
         assert!(e.to_string().contains("cannot read the directory"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn admin_listen_from_the_file_and_the_environment() {
+        assert_eq!(from_text("a.toml", "").expect("valid").admin_listen, None);
+        let c = from_text("a.toml", "[server]\nadmin_listen = \"0.0.0.0:9000\"\n").expect("valid");
+        assert_eq!(c.admin_listen, Some("0.0.0.0:9000".parse().expect("addr")));
+        let again = from_text("rendered", &render(&c)).expect("the rendering reads back");
+        assert_eq!(again.admin_listen, c.admin_listen);
+        let none = from_text("a.toml", "[server]\nadmin_listen = \"\"\n").expect("valid");
+        assert_eq!(none.admin_listen, None);
+        assert_eq!(
+            from_text("rendered", &render(&none))
+                .expect("reads back")
+                .admin_listen,
+            None
+        );
+        let e = from_text("a.toml", "[server]\n\nadmin_listen = \"9000\"\n").expect_err("no host");
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("server.admin_listen", Some(3)),
+            "{e}"
+        );
+        assert!(e.message.contains("\"9000\""), "{e}");
+        let c = load(
+            &Flags::default(),
+            &env(&[("TOLLGATE_ADMIN_LISTEN", "127.0.0.1:9100")]),
+        )
+        .expect("env");
+        assert_eq!(
+            c.admin_listen,
+            Some("127.0.0.1:9100".parse().expect("addr"))
+        );
+        let e =
+            load(&Flags::default(), &env(&[("TOLLGATE_ADMIN_LISTEN", "x:y")])).expect_err("bad");
+        assert_eq!(e.field, "TOLLGATE_ADMIN_LISTEN", "{e}");
     }
 
     #[test]

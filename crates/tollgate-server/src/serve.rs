@@ -23,7 +23,7 @@ use tollgate_envoy::{EnvoyMetrics, RateLimiter, RuleSet};
 use tollgate_redis::RedisStore;
 
 use crate::api;
-use crate::app::{AppState, app};
+use crate::app::{AppState, admin, app};
 use crate::backend::{Backend, Guarded};
 use crate::cli::ServeArgs;
 use crate::config::{self, Config, EnvoyConfig, Flags, redact};
@@ -150,8 +150,9 @@ fn worker_count(configured: usize) -> usize {
 /// request never wakes another thread (a work-stealing runtime wakes an idle worker
 /// for nearly every request, which on a small machine costs more than the request
 /// itself). The listeners are accepted on the calling runtime, which serves no
-/// connection, so a burst of new connections is taken off the listen backlog at
-/// once; it hands them to the workers in turn. The store is shared by all of them.
+/// connection of theirs, so a burst of new connections is taken off the listen
+/// backlog at once; it hands them to the workers in turn. It serves the admin
+/// listener's few connections itself (see [`serve_admin`]). The store is shared by all of them.
 /// On shutdown the accept loops stop, each worker lets its connections finish the
 /// request in flight, and `serve` returns once every worker has.
 pub async fn serve(
@@ -185,6 +186,20 @@ pub async fn serve(
             })?;
             let addr = l.local_addr().map_err(|err| {
                 ServeError::Runtime(format!("cannot read the gRPC listening address: {err}"))
+            })?;
+            Some((l, addr))
+        }
+        None => None,
+    };
+    let admin_listener = match config.admin_listen {
+        Some(at) => {
+            let l = bind(at).map_err(|err| {
+                ServeError::Runtime(format!(
+                    "cannot listen on {at} for operations (server.admin_listen): {err}"
+                ))
+            })?;
+            let addr = l.local_addr().map_err(|err| {
+                ServeError::Runtime(format!("cannot read the admin listening address: {err}"))
             })?;
             Some((l, addr))
         }
@@ -229,6 +244,7 @@ pub async fn serve(
     tracing::info!(
         listen = %local,
         grpc_listen = %grpc_listener.as_ref().map_or_else(|| "(off)".to_owned(), |(_, a)| a.to_string()),
+        admin_listen = %admin_listener.as_ref().map_or_else(|| "(off)".to_owned(), |(_, a)| a.to_string()),
         store = %redact(&state.config.store.url),
         preset = state.config.preset.map(|p| p.name()).unwrap_or("(none: policies from the file)"),
         policies = %state.config.policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(","),
@@ -237,6 +253,13 @@ pub async fn serve(
     );
 
     let open = state.backend.metrics.connections_gauge();
+    let admin_stop = stopped(stop_rx.clone());
+    let admin_router = admin(Arc::clone(&state));
+    let admin_loop = async move {
+        if let Some((l, _)) = admin_listener {
+            serve_admin(l, admin_router, admin_stop).await;
+        }
+    };
     let http_loop = dispatch(
         listener,
         stopped(stop_rx.clone()),
@@ -257,7 +280,7 @@ pub async fn serve(
             }
         }
     };
-    tokio::join!(http_loop, grpc_loop);
+    tokio::join!(http_loop, grpc_loop, admin_loop);
     // Every sender is gone now: each worker drains its connections and returns.
     for thread in threads {
         let name = thread.thread().name().unwrap_or("a worker").to_owned();
@@ -601,6 +624,47 @@ async fn worker<H: GrpcService + Clone>(
             // the routes.
             (Kind::Grpc, None) => {}
         }
+    }
+    graceful.shutdown().await;
+}
+
+/// Connections the admin listener serves at once; more wait in its listen queue.
+/// Probes and scrapers need a few; the bound keeps a flood of them from growing
+/// without end.
+pub const ADMIN_CONNECTIONS: usize = 64;
+
+/// Serves `server.admin_listen` (health and metrics) on this runtime, the one that
+/// accepts connections for the workers: outside `max_connections`, and not behind
+/// the workers' queues, so a probe is answered while the main listener is full or
+/// its workers are busy. At most [`ADMIN_CONNECTIONS`] at once. On shutdown it
+/// stops accepting and lets each connection finish its request in flight.
+async fn serve_admin(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()>) {
+    let mut shutdown = pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS));
+    let graceful = GracefulShutdown::new();
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = shutdown.as_mut() => break,
+        };
+        let Some((stream, peer)) = accept(&listener, shutdown.as_mut(), "admin ").await else {
+            break;
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let connection = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, "admin connection ended: {e}");
+            }
+            drop(permit);
+        });
     }
     graceful.shutdown().await;
 }

@@ -518,3 +518,61 @@ async fn max_connections_holds_new_connections_until_one_closes() {
     drop(held);
     assert_healthy(&mut s, "max_connections").await;
 }
+
+#[tokio::test]
+async fn the_admin_listener_answers_probes_while_max_connections_is_full() {
+    let conf = scratch_file(
+        "admin.toml",
+        b"[server]\nmax_connections = 2\nadmin_listen = \"127.0.0.1:0\"\n",
+    );
+    let mut s = start(&["--config", conf.to_str().expect("path")], &[]);
+    let admin = s.admin.clone().expect("the server logs admin_listen=");
+    assert_ne!(admin, s.base);
+    // Both places of the main listener held: it serves nothing new.
+    let held = [
+        TcpStream::connect(host(&s)).await.expect("connect"),
+        TcpStream::connect(host(&s)).await.expect("connect"),
+    ];
+    let mut third = TcpStream::connect(host(&s)).await.expect("connect");
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("a request");
+    let mut buf = [0u8; 1024];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1000), third.read(&mut buf))
+            .await
+            .is_err(),
+        "the main listener served a third connection with max_connections = 2"
+    );
+    // The admin listener answers meanwhile, and its connections are not counted.
+    let http = client();
+    for path in ["/healthz", "/readyz"] {
+        let r = tokio::time::timeout(
+            Duration::from_secs(2),
+            http.get(format!("{admin}{path}")).send(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{path} on the admin listener did not answer"))
+        .expect("request");
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+    }
+    let metrics = crate::running::metrics_text(&admin).await;
+    assert!(
+        metrics.contains("tollgate_connections_open 2"),
+        "the main listener's two connections, not the admin one: {metrics}"
+    );
+    // Only operations there: the decision API and the protected API are not.
+    let r = http
+        .post(format!("{admin}/v1/check"))
+        .json(&serde_json::json!({"policy": "per-client", "key": "a"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 404);
+    let r = http.get(format!("{admin}/")).send().await.expect("request");
+    assert_eq!(r.status().as_u16(), 404);
+    drop(held);
+    drop(third);
+    assert_healthy(&mut s, "admin listener").await;
+}

@@ -151,6 +151,10 @@ async fn kubernetes_probes_and_ports_match_the_server() {
         "the ConfigMap's configuration is valid: {run:?}"
     );
     assert!(run.stdout.contains("listen = \"0.0.0.0:8000\""), "{run:?}");
+    assert!(
+        run.stdout.contains("admin_listen = \"0.0.0.0:9000\""),
+        "{run:?}"
+    );
 
     assert_eq!(container["ports"][0]["containerPort"], 8000);
     assert_eq!(container["ports"][1]["containerPort"], 8081);
@@ -161,20 +165,25 @@ async fn kubernetes_probes_and_ports_match_the_server() {
     assert_eq!(container["args"][2], "/etc/tollgate/tollgate.toml");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
-    for probe in ["readinessProbe", "livenessProbe"] {
-        assert_eq!(container[probe]["httpGet"]["port"], 8000, "{probe}");
-    }
+    // Readiness on the main port (a pod whose connections are all taken is not
+    // ready), liveness on the admin port (it is still alive).
+    assert_eq!(container["readinessProbe"]["httpGet"]["port"], 8000);
+    assert_eq!(container["livenessProbe"]["httpGet"]["port"], 9000);
+    assert_eq!(container["ports"][2]["containerPort"], 9000);
     assert_eq!(kind("Service")["spec"]["ports"][0]["targetPort"], 8000);
     assert_eq!(kind("Service")["spec"]["ports"][1]["targetPort"], 8081);
 
-    // And the probe paths answer 200 on a running server.
-    let s = start(&[], &[]);
-    for path in ["/readyz", "/healthz"] {
-        let r = client()
-            .get(format!("{}{path}", s.base))
-            .send()
-            .await
-            .expect("probe");
-        assert_eq!(r.status(), 200, "{path}");
+    // And the probe paths answer 200 on a running server, on both listeners.
+    let s = start(&[], &[("TOLLGATE_ADMIN_LISTEN", "127.0.0.1:0")]);
+    let admin = s.admin.clone().expect("an admin listener");
+    for base in [&s.base, &admin] {
+        for path in ["/readyz", "/healthz"] {
+            let r = client()
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .expect("probe");
+            assert_eq!(r.status(), 200, "{base}{path}");
+        }
     }
 }

@@ -14,6 +14,8 @@ pub struct Server {
     pub log: mpsc::Receiver<String>,
     /// The gRPC (Envoy rate limit service) address, when `[envoy]` is configured.
     pub grpc: Option<String>,
+    /// The admin listener's base URL, when `server.admin_listen` is set.
+    pub admin: Option<String>,
     /// The "tollgate is serving" log line.
     pub serving: String,
 }
@@ -47,6 +49,7 @@ pub fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
         "TOLLGATE_ENVOY_CONFIG_DIR",
         "TOLLGATE_ENVOY_SHADOW_MODE",
         "TOLLGATE_WORKERS",
+        "TOLLGATE_ADMIN_LISTEN",
     ] {
         cmd.env_remove(var);
     }
@@ -85,11 +88,18 @@ pub fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
                         .and_then(|g| g.split_whitespace().next())
                         .filter(|g| !g.starts_with('('))
                         .map(|g| format!("http://{g}"));
+                    let admin = line
+                        .split("admin_listen=")
+                        .nth(1)
+                        .and_then(|a| a.split_whitespace().next())
+                        .filter(|a| !a.starts_with('('))
+                        .map(|a| format!("http://{a}"));
                     return Server {
                         child,
                         base: format!("http://{addr}"),
                         log: rx,
                         grpc,
+                        admin,
                         serving: line,
                     };
                 }
