@@ -2,8 +2,10 @@
 //! (one key, and 100,000 keys in random order) beside `redis-benchmark` running a
 //! minimal GCRA script (`benches/gcra_min.lua`: TIME, GET, SET PX) and tollgate's
 //! own script (64 connections of 16 pipelined calls, and for tollgate's script also
-//! 4 of 16: as many calls in flight as the store), and beside bare EVALSHA calls through redis-rs and fred (how the client
-//! crate was chosen). Only the ratios of one run mean anything. Beside each rate it
+//! 4 of 16: as many calls in flight as the store; and the library's `_n` function
+//! with 16 checks per call, as the store sends the one-check calls it has in flight
+//! together, counted in checks), and beside bare EVALSHA calls through redis-rs and
+//! fred (how the client crate was chosen). Only the ratios of one run mean anything. Beside each rate it
 //! prints the CPU time per call of the client (this process, or redis-benchmark)
 //! and of Redis (from `INFO cpu`): on a shared machine these say more than the
 //! rates.
@@ -37,6 +39,9 @@ const MIN_SCRIPT: &str = include_str!("gcra_min.lua");
 /// The store's one-check argument for the benched policy (GCRA, 1e9 per second:
 /// T = 1 ns, tau = 1 s, burst 1e9; cost 1; no least TTL).
 const GCRA_SPEC: &str = "sg 1 1000000000 1000000000 1 0";
+
+/// Checks per call in the redis-benchmark row of the `_n` function.
+const PER_CALL: usize = 16;
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -302,6 +307,17 @@ fn main() {
         // function `<library>_1`.
         let libraries: Vec<redis::Value> = redis::cmd("FUNCTION").arg("LIST").arg("LIBRARYNAME").arg("tollgate_*").query_async(&mut load).await.expect("FUNCTION LIST");
         let tg_function = format!("{}_1", function_name(&libraries));
+        let tg_many = format!("{}_n", function_name(&libraries));
+        // The store sends the one-check calls in flight together as one call of
+        // `<library>_n`; redis-benchmark does the same with 16 checks per call.
+        let rb_many = |clients_pipeline: (usize, usize)| {
+            let mut args = vec!["FCALL".to_owned(), tg_many.clone(), PER_CALL.to_string()];
+            args.extend((0..PER_CALL).map(|_| "tgbench:{__rand_int__}s:g".to_owned()));
+            args.push("t".to_owned());
+            args.extend((0..PER_CALL).map(|_| GCRA_SPEC.to_owned()));
+            // Checks per second.
+            redis_benchmark(host, port, n / PER_CALL, clients_pipeline, &args) * PER_CALL as f64
+        };
 
         let mut next = xorshift(0xbe_0c4);
         let many: Arc<Vec<String>> = Arc::new((0..KEYS).map(|_| format!("g:{}", next() % 1_000_000_000)).collect());
@@ -335,6 +351,8 @@ fn main() {
             "redis-rs EVALSHA minimal script, 64 in flight, 100k keys",
             "fred EVALSHA minimal script, 64 in flight, 100k keys",
             "redis-rs FCALL tollgate's function, 64 in flight, 100k keys",
+            "redis-benchmark, tollgate's _n, 16 checks a call, -c 4 (64 in flight), 100k keys",
+            "redis-benchmark, tollgate's _n, 16 checks a call, -c 64 -P 4, 100k keys",
         ];
         // Client CPU (this process, or redis-benchmark) and Redis CPU, summed over rounds.
         let mut cpu: Vec<(f64, f64)> = vec![(0.0, 0.0); names.len()];
@@ -368,11 +386,13 @@ fn main() {
                     9 => redis_rs_rate(&conn, &min_sha, raw_many.clone(), n).await,
                     10 => fred_rate(&fred, &min_sha, raw_many.clone(), n).await,
                     11 => redis_rs_fcall_rate(&conn, &tg_function, many.clone(), n).await,
+                    12 => rb_many((IN_FLIGHT / PER_CALL, 1)),
+                    13 => rb_many((IN_FLIGHT, 4)),
                     _ => unreachable!("{subject}"),
                 };
                 let (c2, r2) = (cpu_seconds(), redis_cpu(&conn).await);
                 // redis-benchmark is a waited-for child; the others run in this process.
-                let client = if i < 7 { c2.1 - c.1 } else { c2.0 - c.0 };
+                let client = if !(7..12).contains(&i) { c2.1 - c.1 } else { c2.0 - c.0 };
                 cpu[i].0 += client;
                 cpu[i].1 += r2 - r;
                 results[i].push(got);
@@ -400,6 +420,8 @@ fn main() {
         println!("  store one key   / redis-benchmark tollgate's one key -P 16:  {:.2}", m[8] / m[4]);
         println!("  store one key   / redis-benchmark tollgate's, 64 in flight:  {:.2}", m[8] / m[6]);
         println!("  store 100k keys / redis-rs bare FCALL of the same:           {:.2}", m[7] / m[11]);
+        println!("  store 100k keys / redis-benchmark tollgate's _n, 64 in flight: {:.2}", m[7] / m[12]);
+        println!("  store 100k keys / redis-benchmark tollgate's _n, -c 64 -P 4: {:.2}", m[7] / m[13]);
         println!("  redis-rs / fred (bare EVALSHA):                              {:.2}", m[9] / m[10]);
         let _ = fred.quit().await;
     });
