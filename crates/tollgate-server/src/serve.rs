@@ -176,35 +176,15 @@ pub async fn serve(
     let local = listener
         .local_addr()
         .map_err(|e| ServeError::Runtime(format!("cannot read the listening address: {e}")))?;
-    let grpc_listener = match &config.envoy {
-        Some(e) => {
-            let at = e.listen;
-            let l = bind(at).map_err(|err| {
-                ServeError::Runtime(format!(
-                    "cannot listen on {at} for the Envoy rate limit service: {err}"
-                ))
-            })?;
-            let addr = l.local_addr().map_err(|err| {
-                ServeError::Runtime(format!("cannot read the gRPC listening address: {err}"))
-            })?;
-            Some((l, addr))
-        }
-        None => None,
-    };
-    let admin_listener = match config.admin_listen {
-        Some(at) => {
-            let l = bind(at).map_err(|err| {
-                ServeError::Runtime(format!(
-                    "cannot listen on {at} for operations (server.admin_listen): {err}"
-                ))
-            })?;
-            let addr = l.local_addr().map_err(|err| {
-                ServeError::Runtime(format!("cannot read the admin listening address: {err}"))
-            })?;
-            Some((l, addr))
-        }
-        None => None,
-    };
+    let grpc_listener = config
+        .envoy
+        .as_ref()
+        .map(|e| bind_for(e.listen, "the Envoy rate limit service"))
+        .transpose()?;
+    let admin_listener = config
+        .admin_listen
+        .map(|at| bind_for(at, "operations (server.admin_listen)"))
+        .transpose()?;
     let workers = worker_count(config.workers);
     // One cap for both listeners.
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
@@ -310,6 +290,16 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// A listener on `at` for `what` (named in the error), and the address it got.
+fn bind_for(at: SocketAddr, what: &str) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let l = bind(at)
+        .map_err(|e| ServeError::Runtime(format!("cannot listen on {at} for {what}: {e}")))?;
+    let addr = l.local_addr().map_err(|e| {
+        ServeError::Runtime(format!("cannot read the listening address for {what}: {e}"))
+    })?;
+    Ok((l, addr))
 }
 
 /// Completes once the shutdown signal has been seen.

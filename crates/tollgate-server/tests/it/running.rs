@@ -82,18 +82,15 @@ pub fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
                         .next()
                         .unwrap_or_default()
                         .to_owned();
-                    let grpc = line
-                        .split("grpc_listen=")
-                        .nth(1)
-                        .and_then(|g| g.split_whitespace().next())
-                        .filter(|g| !g.starts_with('('))
-                        .map(|g| format!("http://{g}"));
-                    let admin = line
-                        .split("admin_listen=")
-                        .nth(1)
-                        .and_then(|a| a.split_whitespace().next())
-                        .filter(|a| !a.starts_with('('))
-                        .map(|a| format!("http://{a}"));
+                    // Another listener's base URL, unless the line says "(off)".
+                    let other = |field: &str| {
+                        line.split(field)
+                            .nth(1)
+                            .and_then(|a| a.split_whitespace().next())
+                            .filter(|a| !a.starts_with('('))
+                            .map(|a| format!("http://{a}"))
+                    };
+                    let (grpc, admin) = (other("grpc_listen="), other("admin_listen="));
                     return Server {
                         child,
                         base: format!("http://{addr}"),
