@@ -1218,17 +1218,12 @@ async fn send_calls(lane: Arc<Lane>, batch: Batch) {
     }
     // Several one-check calls go as one call of `_n`; one goes as it is.
     let many = match calls.ones.len() {
-        0 => false,
-        1 => false,
-        _ => match many_call(&lane.many, &calls.ones) {
-            Some(cmd) => {
-                calls.pipe.add_command(cmd);
-                true
-            }
-            None => false,
-        },
+        0 | 1 => None,
+        _ => many_call(&lane.many, &calls.ones),
     };
-    if !many {
+    if let Some(cmd) = many {
+        calls.pipe.add_command(cmd);
+    } else {
         for cmd in calls.ones.drain(..) {
             calls.pipe.add_command(cmd);
         }
