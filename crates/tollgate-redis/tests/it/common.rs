@@ -76,3 +76,21 @@ pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
         x
     }
 }
+
+/// fixed_window's windows are aligned to the clock (`[kW, (k+1)W)`): its count starts
+/// again, and its key expires, when a window ends. A real-time test whose counts must
+/// not straddle that end calls this first: when less than `margin` is left of the
+/// current window on Redis's clock, it sleeps into the next window.
+pub async fn early_in_window(
+    conn: &mut redis::aio::MultiplexedConnection,
+    w: Duration,
+    margin: Duration,
+) {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.expect("TIME");
+    let now = Duration::from_secs(secs) + Duration::from_micros(micros);
+    let into = Duration::from_micros((now.as_micros() % w.as_micros()) as u64);
+    let left = w.saturating_sub(into);
+    if left < margin {
+        tokio::time::sleep(left + Duration::from_millis(20)).await;
+    }
+}
