@@ -296,32 +296,47 @@ impl RuleSet {
         names
     }
 
+    /// Every rule of every domain, in no particular order.
+    fn each_rule<'a>(&'a self, mut f: impl FnMut(&'a Rule)) {
+        fn walk<'a>(node: &'a Node, f: &mut impl FnMut(&'a Rule)) {
+            if let Some(rule) = &node.rule {
+                f(rule);
+            }
+            for children in node.children.values() {
+                for n in children.exact.values() {
+                    walk(n, f);
+                }
+                for (_, n) in &children.prefixes {
+                    walk(n, f);
+                }
+                if let Some(n) = &children.any {
+                    walk(n, f);
+                }
+            }
+        }
+        for d in self.domains.values() {
+            walk(&d.root, &mut f);
+        }
+    }
+
     /// The store policy parts of every rule (`envoy/<domain>/<path>/<algorithm>`),
     /// for a front end that counts decisions by policy and wants the labels ahead
     /// of time.
     pub fn store_policies(&self) -> Vec<&str> {
-        fn walk<'a>(node: &'a Node, out: &mut Vec<&'a str>) {
-            if let Some(rule) = &node.rule
-                && matches!(rule.limit, Limit::Policy { .. })
-            {
+        let mut out = Vec::new();
+        self.each_rule(|rule| {
+            if matches!(rule.limit, Limit::Policy { .. }) {
                 out.push(rule.store_policy.as_str());
             }
-            for children in node.children.values() {
-                for n in children.exact.values() {
-                    walk(n, out);
-                }
-                for (_, n) in &children.prefixes {
-                    walk(n, out);
-                }
-                if let Some(n) = &children.any {
-                    walk(n, out);
-                }
-            }
-        }
+        });
+        out.sort_unstable();
+        out
+    }
+
+    /// Every rule's metric labels, `(domain, rule)`, sorted.
+    pub fn rule_stats(&self) -> Vec<(&str, &str)> {
         let mut out = Vec::new();
-        for d in self.domains.values() {
-            walk(&d.root, &mut out);
-        }
+        self.each_rule(|rule| out.push((rule.domain.as_str(), rule.stat.as_str())));
         out.sort_unstable();
         out
     }
@@ -747,7 +762,7 @@ pub fn override_rule<'a>(
         replaces: Vec::new(),
         shadow_mode: false,
         detailed_metric: false,
-        counters: metrics.rule(domain, &stat),
+        counters: metrics.request_rule(domain, None, &stat),
         store_policy,
         stat,
     })

@@ -2,11 +2,19 @@
 //! limit (above 80% of the limit), within limit, and shadow-mode overrides;
 //! labelled by domain and rule (the rule's path, with the request's values only
 //! where `detailed_metric` asks for them, so label values stay bounded).
+//!
+//! A reload that removes rules removes their series too ([`EnvoyMetrics::retain`]):
+//! `/metrics` shows the rules in force, not every rule ever loaded.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+
+use crate::config::RuleSet;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RuleLabels {
@@ -35,6 +43,14 @@ pub struct RuleCounters {
     pub shadow_mode: Counter,
 }
 
+/// What made a series: a configured rule, or a request (a `detailed_metric` rule's
+/// values, under the rule `owner`; or a descriptor's own limit, with no owner).
+#[derive(Clone, Debug)]
+enum Origin {
+    Configured,
+    Request { owner: Option<String> },
+}
+
 /// The Envoy service's metrics.
 #[derive(Clone, Debug, Default)]
 pub struct EnvoyMetrics {
@@ -44,6 +60,8 @@ pub struct EnvoyMetrics {
     within_limit: Family<RuleLabels, Counter>,
     shadow_mode: Family<RuleLabels, Counter>,
     loads: Family<LoadLabels, Counter>,
+    /// Every rule series made, and what made it, for [`EnvoyMetrics::retain`].
+    series: Arc<Mutex<HashMap<RuleLabels, Origin>>>,
 }
 
 impl EnvoyMetrics {
@@ -86,20 +104,84 @@ impl EnvoyMetrics {
         );
     }
 
-    /// The counters of `rule` in `domain`, made now (so a request counts without
-    /// allocating); a rule reloaded under the same name keeps counting on the same ones.
+    /// The counters of the configured rule `rule` in `domain`, made now (so a
+    /// request counts without allocating); a rule reloaded under the same name keeps
+    /// counting on the same ones.
     pub fn rule(&self, domain: &str, rule: &str) -> RuleCounters {
+        self.counters(domain, rule, Origin::Configured)
+    }
+
+    /// The counters of a series a request makes: `stat` under the rule `owner`
+    /// (`detailed_metric`), or a descriptor's own limit (`owner` None). They go when
+    /// a reload removes their owner, or their domain.
+    pub fn request_rule(&self, domain: &str, owner: Option<&str>, stat: &str) -> RuleCounters {
+        let owner = owner.map(str::to_owned);
+        self.counters(domain, stat, Origin::Request { owner })
+    }
+
+    fn counters(&self, domain: &str, rule: &str, origin: Origin) -> RuleCounters {
         let labels = RuleLabels {
             domain: domain.to_owned(),
             rule: rule.to_owned(),
         };
-        RuleCounters {
+        // Made under the lock, so that `retain` cannot remove a series between its
+        // making and its record.
+        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        let counters = RuleCounters {
             total_hits: self.total_hits.get_or_create_owned(&labels),
             over_limit: self.over_limit.get_or_create_owned(&labels),
             near_limit: self.near_limit.get_or_create_owned(&labels),
             within_limit: self.within_limit.get_or_create_owned(&labels),
             shadow_mode: self.shadow_mode.get_or_create_owned(&labels),
+        };
+        match series.get_mut(&labels) {
+            // A configured rule's series stays configured.
+            Some(Origin::Configured) => {}
+            Some(made) => {
+                if matches!(origin, Origin::Configured) {
+                    *made = origin;
+                }
+            }
+            None => {
+                series.insert(labels, origin);
+            }
         }
+        counters
+    }
+
+    /// Removes the series of rules that `rules` (the set now in force) no longer has:
+    /// configured rules it does not hold, and series made by requests whose domain
+    /// or owning rule it does not hold. A request still running on the previous set
+    /// counts on counters no longer shown.
+    pub fn retain(&self, rules: &RuleSet) {
+        let configured: HashSet<(&str, &str)> = rules.rule_stats().into_iter().collect();
+        let domains: HashSet<&str> = rules.domain_names().into_iter().collect();
+        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        series.retain(|labels, origin| {
+            let here = (labels.domain.as_str(), labels.rule.as_str());
+            let keep = configured.contains(&here)
+                || match origin {
+                    Origin::Configured => false,
+                    Origin::Request { owner } => {
+                        domains.contains(here.0)
+                            && owner
+                                .as_deref()
+                                .is_none_or(|o| configured.contains(&(here.0, o)))
+                    }
+                };
+            if !keep {
+                for family in [
+                    &self.total_hits,
+                    &self.over_limit,
+                    &self.near_limit,
+                    &self.within_limit,
+                    &self.shadow_mode,
+                ] {
+                    family.remove(labels);
+                }
+            }
+            keep
+        });
     }
 
     /// Counts a load of the configuration.

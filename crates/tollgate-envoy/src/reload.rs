@@ -92,12 +92,17 @@ fn poll(
                     rules = set.rules(),
                     "Envoy rate limit configuration reloaded"
                 );
+                // The series of rules the new set no longer has go (before the swap,
+                // so that whoever sees the new rules sees their metrics).
+                metrics.retain(&set);
                 rules.store(Arc::new(set));
                 metrics.load(true);
                 last_error = None;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "invalid Envoy rate limit configuration; the previous configuration stays in force");
+                // Compiling it may have made series for its rules before failing.
+                metrics.retain(&rules.load());
                 metrics.load(false);
                 last_error = Some(e.to_string());
             }

@@ -180,7 +180,9 @@ impl<S: Store + 'static> RateLimiter<S> {
                 stat
             });
             let counters = || match &detail {
-                Some(stat) => self.metrics.rule(&rule.domain, stat),
+                Some(stat) => self
+                    .metrics
+                    .request_rule(&rule.domain, Some(&rule.stat), stat),
                 None => rule.counters.clone(),
             };
             match &rule.limit {
@@ -293,7 +295,9 @@ impl<S: Store + 'static> RateLimiter<S> {
             let detailed;
             let counters = match &p.detail {
                 Some(stat) => {
-                    detailed = self.metrics.rule(&p.rule.domain, stat);
+                    detailed = self
+                        .metrics
+                        .request_rule(&p.rule.domain, Some(&p.rule.stat), stat);
                     &detailed
                 }
                 None => &p.rule.counters,
