@@ -41,6 +41,11 @@ pub struct Config {
     /// Most client connections open at once (HTTP and gRPC together); at the cap
     /// the server accepts no more until one closes (they wait in the listen queue).
     pub max_connections: usize,
+    /// Most connections open at once from one client (an IPv4 address, or an IPv6
+    /// /64), HTTP and gRPC together; a connection over it is closed as soon as it is
+    /// accepted. 0: no such cap (the default: behind a proxy or a load balancer every
+    /// connection comes from a few addresses).
+    pub max_connections_per_client: usize,
     /// A second HTTP listener for operations alone (`/healthz`, `/readyz`,
     /// `/metrics`), outside `max_connections` and served apart from the workers, so
     /// probes and scrapes are answered while the main listener is full or busy.
@@ -325,6 +330,7 @@ struct ServerSection {
     max_body_bytes: Option<Spanned<i64>>,
     workers: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
+    max_connections_per_client: Option<Spanned<i64>>,
     admin_listen: Option<Spanned<String>>,
 }
 
@@ -492,6 +498,7 @@ fn from_preset(preset: Preset) -> Config {
         max_body_bytes: 64 * 1024,
         workers: 0,
         max_connections: 10_000,
+        max_connections_per_client: 0,
         admin_listen: None,
         store: default_store(url),
         protect: Protect {
@@ -567,6 +574,10 @@ pub fn from_text(origin: &str, text: &str) -> Result<Config, ConfigError> {
     if let Some(n) = &s.max_connections {
         config.max_connections =
             positive(n, 1..=1_000_000).map_err(|m| src.error("server.max_connections", n, m))?;
+    }
+    if let Some(n) = &s.max_connections_per_client {
+        config.max_connections_per_client = positive(n, 0..=1_000_000)
+            .map_err(|m| src.error("server.max_connections_per_client", n, m))?;
     }
     if let Some(n) = &s.max_body_bytes {
         config.max_body_bytes = positive(n, 64..=16 * 1024 * 1024)
@@ -1104,6 +1115,10 @@ pub fn render(config: &Config) -> String {
     out.push_str(&format!("workers = {}\n", config.workers));
     out.push_str(&format!("max_connections = {}\n", config.max_connections));
     out.push_str(&format!(
+        "max_connections_per_client = {}\n",
+        config.max_connections_per_client
+    ));
+    out.push_str(&format!(
         "admin_listen = {}\n\n",
         q(&config
             .admin_listen
@@ -1540,13 +1555,35 @@ upstream = "http://127.0.0.1:3000/"
     #[test]
     fn workers_from_the_file_and_the_environment() {
         assert_eq!(from_text("w.toml", "").expect("valid").workers, 0);
-        let c =
-            from_text("w.toml", "[server]\nworkers = 3\nmax_connections = 64\n").expect("valid");
+        let c = from_text(
+            "w.toml",
+            "[server]\nworkers = 3\nmax_connections = 64\nmax_connections_per_client = 8\n",
+        )
+        .expect("valid");
         assert_eq!(c.workers, 3);
         assert_eq!(c.max_connections, 64);
+        assert_eq!(c.max_connections_per_client, 8);
         let again = from_text("rendered", &render(&c)).expect("the rendering reads back");
         assert_eq!(again.workers, 3);
         assert_eq!(again.max_connections, 64);
+        assert_eq!(again.max_connections_per_client, 8);
+        assert_eq!(
+            from_text("w.toml", "")
+                .expect("valid")
+                .max_connections_per_client,
+            0,
+            "no per-client cap by default"
+        );
+        let e = from_text(
+            "w.toml",
+            "[server]\nworkers = 1\nmax_connections_per_client = -2\n",
+        )
+        .expect_err("negative");
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("server.max_connections_per_client", Some(3)),
+            "{e}"
+        );
         let e = from_text("w.toml", "[server]\nmax_connections = 0\n").expect_err("zero");
         assert_eq!(
             (e.field.as_str(), e.line),

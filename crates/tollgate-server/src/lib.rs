@@ -8,6 +8,7 @@ pub mod api;
 pub mod app;
 pub mod backend;
 pub mod cli;
+pub mod clients;
 pub mod config;
 pub mod grpc;
 pub mod lab;

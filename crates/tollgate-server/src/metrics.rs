@@ -28,6 +28,7 @@ pub struct Metrics {
     fallback: Gauge,
     keys: Gauge,
     connections: Gauge,
+    connections_refused: Counter,
     failing: AtomicBool,
     /// The counters of the configured policies, made once so that counting a
     /// decision allocates nothing.
@@ -87,9 +88,16 @@ impl Metrics {
             "Client connections open (HTTP and gRPC), at most server.max_connections",
             connections.clone(),
         );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed as soon as accepted: their client had server.max_connections_per_client open",
+            connections_refused.clone(),
+        );
         Metrics {
             registry,
             connections,
+            connections_refused,
             decisions,
             latency,
             errors,
@@ -159,6 +167,11 @@ impl Metrics {
     /// The gauge of open client connections, for the accept loops to move.
     pub fn connections_gauge(&self) -> Gauge {
         self.connections.clone()
+    }
+
+    /// The counter of connections refused under `max_connections_per_client`.
+    pub fn connections_refused(&self) -> Counter {
+        self.connections_refused.clone()
     }
 
     /// The text exposition, with `keys` as the current key count.

@@ -26,6 +26,7 @@ use crate::api;
 use crate::app::{AppState, admin, app};
 use crate::backend::{Backend, Guarded};
 use crate::cli::ServeArgs;
+use crate::clients::{ClientPlace, PerClient};
 use crate::config::{self, Config, EnvoyConfig, Flags, redact};
 use crate::grpc::{GrpcRoutes, GrpcService};
 
@@ -233,6 +234,13 @@ pub async fn serve(
     );
 
     let open = state.backend.metrics.connections_gauge();
+    // One count per client for both listeners.
+    let per_client = (state.config.max_connections_per_client > 0).then(|| {
+        Arc::new(PerClient::new(
+            state.config.max_connections_per_client,
+            state.backend.metrics.connections_refused(),
+        ))
+    });
     let admin_stop = stopped(stop_rx.clone());
     let admin_router = admin(Arc::clone(&state));
     let admin_loop = async move {
@@ -245,11 +253,20 @@ pub async fn serve(
         stopped(stop_rx.clone()),
         Kind::Http,
         senders.clone(),
-        (Arc::clone(&slots), open.clone()),
+        Caps {
+            slots: Arc::clone(&slots),
+            open: open.clone(),
+            per_client: per_client.clone(),
+        },
     );
     let grpc_loop = async {
         if let Some((l, _)) = grpc_listener {
-            dispatch(l, stopped(stop_rx), Kind::Grpc, senders, (slots, open)).await;
+            let caps = Caps {
+                slots,
+                open,
+                per_client,
+            };
+            dispatch(l, stopped(stop_rx), Kind::Grpc, senders, caps).await;
             if let Some(health) = health {
                 health
                     .set_service_status("", tonic_health::ServingStatus::NotServing)
@@ -438,10 +455,22 @@ struct Conn {
     slot: Slot,
 }
 
-/// A connection's place under `max_connections`, held until the connection ends.
+/// A connection's place under `max_connections` (and under its client's
+/// `max_connections_per_client`), held until the connection ends.
 struct Slot {
     _permit: tokio::sync::OwnedSemaphorePermit,
+    _client: Option<ClientPlace>,
     open: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// What a listener's connections count against, shared by both listeners.
+struct Caps {
+    /// `max_connections`.
+    slots: Arc<tokio::sync::Semaphore>,
+    /// The connections open, for `/metrics`.
+    open: prometheus_client::metrics::gauge::Gauge,
+    /// `max_connections_per_client`, when set.
+    per_client: Option<Arc<PerClient>>,
 }
 
 impl Drop for Slot {
@@ -454,16 +483,18 @@ impl Drop for Slot {
 /// `workers` in turn (a worker that is gone is skipped). Each connection takes one
 /// of `slots` (`max_connections`, shared with the other listener) until it ends:
 /// while none is free, no connection is accepted (the kernel's listen queue holds
-/// them). `open` counts the connections open, for `/metrics`.
+/// them). A connection whose client has `max_connections_per_client` open already
+/// is closed at once. `open` counts the connections open, for `/metrics`.
 async fn dispatch(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     kind: Kind,
     workers: Vec<tokio::sync::mpsc::UnboundedSender<Conn>>,
-    (slots, open): (
-        Arc<tokio::sync::Semaphore>,
-        prometheus_client::metrics::gauge::Gauge,
-    ),
+    Caps {
+        slots,
+        open,
+        per_client,
+    }: Caps,
 ) {
     let mut shutdown = pin!(shutdown);
     let mut next = 0usize;
@@ -494,9 +525,18 @@ async fn dispatch(
         let Some((stream, peer)) = accept(&listener, shutdown.as_mut(), kind.name()).await else {
             return;
         };
+        let client = match &per_client {
+            Some(clients) => match clients.admit(peer.ip()) {
+                Some(place) => Some(place),
+                // Closed (dropped) at once; its max_connections place is free again.
+                None => continue,
+            },
+            None => None,
+        };
         open.inc();
         let slot = Slot {
             _permit: permit,
+            _client: client,
             open: open.clone(),
         };
         let stream = match stream.into_std() {

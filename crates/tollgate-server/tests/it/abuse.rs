@@ -576,3 +576,93 @@ async fn the_admin_listener_answers_probes_while_max_connections_is_full() {
     drop(third);
     assert_healthy(&mut s, "admin listener").await;
 }
+
+/// A connection to the server from the loopback address `from` (any of 127/8).
+async fn connect_from(s: &Server, from: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(format!("{from}:0").parse().expect("an address"))
+        .expect("bind the client's address");
+    socket
+        .connect(host(s).parse().expect("the server's address"))
+        .await
+        .expect("connect")
+}
+
+/// Sends `GET path` on `conn` (kept alive) and returns the status line's code, or
+/// `None` when the server closed the connection instead of answering.
+async fn status_on(conn: &mut TcpStream, path: &str) -> Option<u16> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+    if conn.write_all(request.as_bytes()).await.is_err() {
+        return None;
+    }
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .expect("an answer or a close within 5 s")
+        .unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+#[tokio::test]
+async fn one_client_cannot_hold_more_than_max_connections_per_client() {
+    let conf = scratch_file(
+        "per-client.toml",
+        b"[server]\nmax_connections = 100\nmax_connections_per_client = 2\n",
+    );
+    let mut s = start(&["--config", conf.to_str().expect("path")], &[]);
+    let mut first = connect_from(&s, "127.0.0.1").await;
+    let mut second = connect_from(&s, "127.0.0.1").await;
+    assert_eq!(status_on(&mut first, "/healthz").await, Some(200));
+    assert_eq!(status_on(&mut second, "/healthz").await, Some(200));
+    // A third from the same client is closed without an answer, again and again.
+    for _ in 0..3 {
+        let mut third = connect_from(&s, "127.0.0.1").await;
+        assert_eq!(
+            status_on(&mut third, "/healthz").await,
+            None,
+            "a third connection of one client was served with max_connections_per_client = 2"
+        );
+    }
+    // Another client is served meanwhile, and /metrics counts the refusals.
+    let mut other = connect_from(&s, "127.0.0.2").await;
+    assert_eq!(status_on(&mut other, "/healthz").await, Some(200));
+    let mut scrape = connect_from(&s, "127.0.0.3").await;
+    scrape
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("a request");
+    let mut metrics = String::new();
+    tokio::time::timeout(Duration::from_secs(5), scrape.read_to_string(&mut metrics))
+        .await
+        .expect("/metrics within 5 s")
+        .expect("/metrics");
+    assert!(
+        metrics.contains("tollgate_connections_refused_total 3"),
+        "{metrics}"
+    );
+    // The first two connections still work: the refusals did not touch them.
+    assert_eq!(status_on(&mut first, "/healthz").await, Some(200));
+    // One closes: its place is the client's again.
+    drop(second);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = connect_from(&s, "127.0.0.1").await;
+        if status_on(&mut again, "/healthz").await == Some(200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection's place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop((first, other));
+    assert!(
+        s.child.try_wait().expect("poll the server").is_none(),
+        "the server exited"
+    );
+    let mut last = connect_from(&s, "127.0.0.4").await;
+    assert_eq!(status_on(&mut last, "/healthz").await, Some(200));
+}
