@@ -10,6 +10,10 @@
 //! one decision goes to Redis as a probe while the others still fail at once: if it
 //! is answered, the breaker closes; if it fails, another cooldown starts.
 //!
+//! A store on a Redis Cluster has one breaker per range of slots ([`Breakers`]): a
+//! node that hangs opens the breakers of its slots, and decisions on the other
+//! nodes' slots go on.
+//!
 //! States, in three atomics: closed (`open_until == 0`); open (`now <
 //! open_until`); half-open (`now >= open_until > 0`, one probe at a time, held by
 //! `probing`). While closed a decision reads one atomic on the way in, and writes
@@ -35,6 +39,76 @@ pub(crate) struct Breaker {
     open_until: AtomicU64,
     /// A probe is out.
     probing: AtomicBool,
+    /// The cluster slots it guards (first, last), for its log lines; `None`: all.
+    slots: Option<(u16, u16)>,
+}
+
+/// The slot ranges of a cluster store's breakers: 16384 / 64 = 256 slots each. A
+/// cluster's nodes own contiguous ranges of slots, thousands each, so all but the
+/// range or two that straddle two nodes belong to one node.
+pub(crate) const SLOT_RANGES: usize = 64;
+
+/// Redis Cluster's slots.
+const SLOTS: usize = 16384;
+
+/// A store's breakers: one for a single server, [`SLOT_RANGES`] for a cluster.
+#[derive(Debug)]
+pub(crate) struct Breakers(Box<[Breaker]>);
+
+impl Breakers {
+    pub(crate) fn new(cluster: bool, threshold: u32, cooldown: Duration) -> Breakers {
+        if !cluster {
+            return Breakers(Box::new([Breaker::new(threshold, cooldown)]));
+        }
+        let per = SLOTS / SLOT_RANGES;
+        Breakers(
+            (0..SLOT_RANGES)
+                .map(|i| {
+                    let mut b = Breaker::new(threshold, cooldown);
+                    let first = u16::try_from(i * per).unwrap_or(u16::MAX);
+                    let last = u16::try_from((i + 1) * per - 1).unwrap_or(u16::MAX);
+                    b.slots = Some((first, last));
+                    b
+                })
+                .collect(),
+        )
+    }
+
+    /// The breaker guarding `slot` (a single server's one breaker, whatever the slot).
+    #[inline]
+    pub(crate) fn of_slot(&self, slot: u16) -> &Breaker {
+        let i = usize::from(slot) % SLOTS * self.0.len() / SLOTS;
+        &self.0[i.min(self.0.len() - 1)]
+    }
+
+    /// The single server's breaker, or a cluster's first.
+    #[inline]
+    pub(crate) fn first(&self) -> &Breaker {
+        &self.0[0]
+    }
+
+    /// More than one breaker: a cluster's.
+    #[inline]
+    pub(crate) fn per_slot(&self) -> bool {
+        self.0.len() > 1
+    }
+
+    /// True while any of them holds decisions back.
+    pub(crate) fn any_open(&self) -> bool {
+        self.0.iter().any(Breaker::is_open)
+    }
+}
+
+/// How a breaker names its slots in a log line.
+struct SlotsLabel(Option<(u16, u16)>);
+
+impl std::fmt::Display for SlotsLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some((first, last)) => write!(f, "{first}-{last}"),
+            None => f.write_str("all"),
+        }
+    }
 }
 
 /// How a decision that went to Redis ended, for the breaker.
@@ -65,6 +139,7 @@ impl Breaker {
             failures: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
             probing: AtomicBool::new(false),
+            slots: None,
         }
     }
 
@@ -135,7 +210,10 @@ impl Attempt<'_> {
                 }
                 if self.probe {
                     b.open_until.store(0, Ordering::Release);
-                    tracing::info!("redis answers again: the store's circuit breaker is closed");
+                    tracing::info!(
+                        slots = %SlotsLabel(b.slots),
+                        "redis answers again: the store's circuit breaker is closed"
+                    );
                 }
             }
             Outcome::Failed => {
@@ -151,6 +229,7 @@ impl Attempt<'_> {
                     {
                         b.failures.store(0, Ordering::Release);
                         tracing::warn!(
+                            slots = %SlotsLabel(b.slots),
                             failures = n,
                             cooldown_ms = b.cooldown.as_millis() as u64,
                             "redis failed {n} decisions in a row: the store's circuit breaker is open, decisions fail at once until a probe is answered"
@@ -229,6 +308,31 @@ mod tests {
         b.enter().expect("the next probe").finish(Outcome::Answered);
         assert!(!b.is_open());
         b.enter().expect("closed").finish(Outcome::Answered);
+    }
+
+    #[test]
+    fn a_cluster_has_a_breaker_per_slot_range_and_a_server_one() {
+        let one = Breakers::new(false, 1, Duration::from_secs(60));
+        assert!(!one.per_slot());
+        assert!(std::ptr::eq(one.of_slot(0), one.of_slot(16383)));
+        let cluster = Breakers::new(true, 1, Duration::from_secs(60));
+        assert!(cluster.per_slot());
+        assert!(std::ptr::eq(cluster.of_slot(0), cluster.of_slot(255)));
+        assert!(!std::ptr::eq(cluster.of_slot(255), cluster.of_slot(256)));
+        assert!(std::ptr::eq(cluster.of_slot(16128), cluster.of_slot(16383)));
+        assert_eq!(cluster.of_slot(16383).slots, Some((16128, 16383)));
+        // One range opens; the others stay closed.
+        cluster
+            .of_slot(300)
+            .enter()
+            .expect("closed")
+            .finish(Outcome::Failed);
+        assert!(cluster.of_slot(300).enter().is_err());
+        assert!(cluster.of_slot(511).enter().is_err(), "the same range");
+        assert!(cluster.of_slot(512).enter().is_ok(), "another range");
+        assert!(cluster.of_slot(0).enter().is_ok());
+        assert!(cluster.any_open());
+        assert!(!one.any_open());
     }
 
     #[test]

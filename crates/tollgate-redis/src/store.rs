@@ -18,7 +18,9 @@ use tollgate::{
     Verdict, validate,
 };
 
-use crate::breaker::{Breaker, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES, Outcome};
+use crate::breaker::{
+    Attempt, Breaker, Breakers, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES, Outcome,
+};
 use crate::error::RedisError;
 use crate::keys::{arg_log_key, arg_state_key, log_key, slot_of, state_key};
 use crate::url::{Target, parse};
@@ -159,7 +161,11 @@ impl RedisStoreBuilder {
     /// found Redis unreachable, decisions fail at once with
     /// [`RedisError::CircuitOpen`] for `cooldown`, instead of each waiting out the
     /// timeout; then one decision goes to Redis as a probe, and an answer closes
-    /// the breaker. `failures = 0` turns it off. Default
+    /// the breaker. `failures = 0` turns it off. On a Redis Cluster there is one
+    /// breaker per range of 256 slots: a node that hangs opens the breakers of its
+    /// slots, and decisions on the other nodes' slots go on (a stack spanning
+    /// several ranges goes through each of their breakers, and its outcome counts
+    /// in each). Default
     /// [`DEFAULT_BREAKER_FAILURES`](crate::DEFAULT_BREAKER_FAILURES) and
     /// [`DEFAULT_BREAKER_COOLDOWN`](crate::DEFAULT_BREAKER_COOLDOWN).
     pub fn circuit_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
@@ -260,6 +266,7 @@ impl RedisStoreBuilder {
             0
         };
         let single = format!("{function}_1");
+        let cluster = matches!(conns, Conns::Cluster(_));
         let store = RedisStore {
             inner: Arc::new(Inner {
                 conns,
@@ -271,7 +278,7 @@ impl RedisStoreBuilder {
                 function,
                 single,
                 code,
-                breaker: Breaker::new(self.breaker.0, self.breaker.1),
+                breakers: Breakers::new(cluster, self.breaker.0, self.breaker.1),
             }),
         };
         let lazy = self.lazy && !store.is_cluster();
@@ -532,7 +539,8 @@ struct Inner {
     single: String,
     /// The library's text, for FUNCTION LOAD.
     code: String,
-    breaker: Breaker,
+    /// One circuit breaker, or one per slot range of a cluster.
+    breakers: Breakers,
 }
 
 /// The Redis and Redis Cluster store.
@@ -626,9 +634,10 @@ impl RedisStore {
     }
 
     /// True while the circuit breaker holds decisions back (see
-    /// [`RedisStoreBuilder::circuit_breaker`]).
+    /// [`RedisStoreBuilder::circuit_breaker`]); on a cluster, while any of its slot
+    /// ranges' breakers does.
     pub fn is_circuit_open(&self) -> bool {
-        self.inner.breaker.is_open()
+        self.inner.breakers.any_open()
     }
 
     /// True when the store talks to a Redis Cluster.
@@ -816,20 +825,35 @@ impl RedisStore {
 
     async fn decide(&self, checks: &[Check<'_>], mode: Mode) -> Result<Verdict, RedisError> {
         Self::check_args(checks)?;
-        let breaker = &self.inner.breaker;
-        let attempt = breaker
-            .enter()
-            .map_err(|retry_in| RedisError::CircuitOpen {
-                failures: breaker.settings().0,
-                retry_in,
-            })?;
+        let breakers = &self.inner.breakers;
+        let open = |retry_in| RedisError::CircuitOpen {
+            failures: breakers.first().settings().0,
+            retry_in,
+        };
+        let mut attempts: SmallVec<[Attempt<'_>; 2]> = SmallVec::new();
+        if breakers.per_slot() {
+            // A cluster: the breaker of each slot range the checks touch, once.
+            let mut seen: SmallVec<[*const Breaker; 2]> = SmallVec::new();
+            for c in checks {
+                let b = breakers.of_slot(slot_of(c.key));
+                if !seen.contains(&std::ptr::from_ref(b)) {
+                    seen.push(std::ptr::from_ref(b));
+                    attempts.push(b.enter().map_err(open)?);
+                }
+            }
+        } else {
+            attempts.push(breakers.first().enter().map_err(open)?);
+        }
         let result = self.decide_through(checks, mode).await;
-        attempt.finish(match &result {
+        let outcome = match &result {
             Ok(_) => Outcome::Answered,
             Err(e) if e.is_transient() => Outcome::Failed,
             Err(e) if e.is_caller_error() => Outcome::Neither,
             Err(_) => Outcome::Answered,
-        });
+        };
+        for attempt in attempts {
+            attempt.finish(outcome);
+        }
         result
     }
 

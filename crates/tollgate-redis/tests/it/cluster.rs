@@ -276,3 +276,138 @@ async fn a_three_master_cluster_decides_as_the_memory_store() {
     assert_eq!(n, 50);
     drop(cluster);
 }
+
+/// The port of the node serving `slot`, from `CLUSTER SLOTS`.
+async fn owner(node: &mut redis::aio::MultiplexedConnection, slot: u16) -> u16 {
+    let ranges: Vec<redis::Value> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(node)
+        .await
+        .expect("CLUSTER SLOTS");
+    let int = |v: &redis::Value| match v {
+        redis::Value::Int(n) => u16::try_from(*n).ok(),
+        _ => None,
+    };
+    for range in &ranges {
+        let redis::Value::Array(items) = range else {
+            continue;
+        };
+        let (Some(first), Some(last)) = (items.first().and_then(int), items.get(1).and_then(int))
+        else {
+            continue;
+        };
+        if (first..=last).contains(&slot)
+            && let Some(redis::Value::Array(master)) = items.get(2)
+            && let Some(port) = master.get(1).and_then(int)
+        {
+            return port;
+        }
+    }
+    panic!("no node serves slot {slot}: {ranges:?}");
+}
+
+/// A node that hangs opens the circuit breaker of its slots only: decisions on the
+/// other nodes' slots go on, answered by Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_node_opens_the_breaker_of_its_slots_only() {
+    let cluster = start();
+    let store = tollgate_redis::RedisStore::builder(cluster.url())
+        .key_prefix(crate::common::prefix("cluster-breaker"))
+        .timeout(Duration::from_millis(200))
+        .circuit_breaker(3, Duration::from_secs(30))
+        .connect()
+        .await
+        .expect("the cluster");
+    let mut any = raw(&format!("redis://127.0.0.1:{}", cluster.ports[0])).await;
+    // A client on each node, away from the slot ranges (256 slots each) that
+    // straddle two nodes.
+    let mut on: Vec<(u16, String)> = Vec::new();
+    for i in 0..2000 {
+        let key = format!("api:client-{i}");
+        let (state, _) = store.redis_keys(&key);
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&state)
+            .query_async(&mut any)
+            .await
+            .expect("KEYSLOT");
+        let range = usize::from(slot) / 256;
+        let port = owner(&mut any, slot).await;
+        let whole = owner(&mut any, u16::try_from(range * 256).expect("slot")).await == port
+            && owner(&mut any, u16::try_from(range * 256 + 255).expect("slot")).await == port;
+        if whole && !on.iter().any(|(p, _)| *p == port) {
+            on.push((port, key));
+        }
+        if on.len() == 2 {
+            break;
+        }
+    }
+    let [(hung_port, hung), (_, live)] = &on[..] else {
+        panic!("no clients on two nodes: {on:?}");
+    };
+    let policy = Policy::new(Algorithm::Gcra, 1000, Duration::from_secs(1)).expect("policy");
+    for key in [hung, live] {
+        assert!(
+            store
+                .check(&[Check::new(key, &policy)])
+                .await
+                .expect("both nodes answer")
+                .allowed()
+        );
+    }
+
+    // The node holds every command for 20 s.
+    let mut node = raw(&format!("redis://127.0.0.1:{hung_port}")).await;
+    let _: String = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(20_000)
+        .arg("ALL")
+        .query_async(&mut node)
+        .await
+        .expect("CLIENT PAUSE");
+    for i in 0..3 {
+        let e = store
+            .check(&[Check::new(hung, &policy)])
+            .await
+            .expect_err("the hung node's slot times out");
+        // The cluster client's own response timeout, or the store's.
+        assert!(
+            e.is_transient() && !matches!(e, tollgate_redis::RedisError::CircuitOpen { .. }),
+            "failure {i}: {e:?}"
+        );
+    }
+    // Its range's breaker is open: a decision there fails at once.
+    let t = Instant::now();
+    let e = store
+        .check(&[Check::new(hung, &policy)])
+        .await
+        .expect_err("open");
+    assert!(
+        matches!(e, tollgate_redis::RedisError::CircuitOpen { .. }),
+        "{e:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(store.is_circuit_open());
+    // The other node's clients are decided by Redis meanwhile.
+    for _ in 0..20 {
+        let v = store
+            .check(&[Check::new(live, &policy)])
+            .await
+            .expect("a live node's slot is not held back by another node's breaker");
+        assert!(v.allowed());
+    }
+    // A stack touching the hung node's range is held back whole, at once.
+    let e = store
+        .check(&[Check::new(live, &policy), Check::new(hung, &policy)])
+        .await
+        .expect_err("a stack with the hung slot");
+    assert!(
+        matches!(e, tollgate_redis::RedisError::CircuitOpen { .. }),
+        "{e:?}"
+    );
+    // (The nodes stop with `cluster`, paused or not.)
+}
