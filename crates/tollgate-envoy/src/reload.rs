@@ -42,7 +42,9 @@ pub fn initial(
 }
 
 /// Starts a thread that polls `dir` every `interval` and swaps new rules into
-/// `rules`; it ends once every other holder of `rules` has dropped it.
+/// `rules`; it ends once every other holder of `rules` has dropped it. Just before
+/// each swap it calls `on_swap` with the new rules (a front end's own metrics of
+/// the rules follow them this way).
 pub fn watch(
     dir: PathBuf,
     options: LoadOptions,
@@ -50,11 +52,12 @@ pub fn watch(
     rules: &Arc<ArcSwap<RuleSet>>,
     seen: Snapshot,
     interval: Duration,
+    on_swap: impl Fn(&RuleSet) + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
     let weak: Weak<ArcSwap<RuleSet>> = Arc::downgrade(rules);
     std::thread::Builder::new()
         .name("envoy-config".to_owned())
-        .spawn(move || poll(&dir, &options, &metrics, &weak, seen, interval))
+        .spawn(move || poll(&dir, &options, &metrics, &weak, seen, interval, &on_swap))
 }
 
 fn poll(
@@ -64,6 +67,7 @@ fn poll(
     rules: &Weak<ArcSwap<RuleSet>>,
     mut seen: Snapshot,
     interval: Duration,
+    on_swap: &dyn Fn(&RuleSet),
 ) {
     let mut last_error: Option<String> = None;
     loop {
@@ -86,16 +90,19 @@ fn poll(
         }
         match config::compile(&files, options, metrics) {
             Ok(set) => {
-                tracing::info!(
-                    dir = %dir.display(),
-                    domains = %set.domain_names().join(","),
-                    rules = set.rules(),
-                    "Envoy rate limit configuration reloaded"
-                );
+                let (domains, count) = (set.domain_names().join(","), set.rules());
                 // The series of rules the new set no longer has go (before the swap,
                 // so that whoever sees the new rules sees their metrics).
                 metrics.retain(&set);
+                on_swap(&set);
                 rules.store(Arc::new(set));
+                // Said once the new rules are in force.
+                tracing::info!(
+                    dir = %dir.display(),
+                    domains = %domains,
+                    rules = count,
+                    "Envoy rate limit configuration reloaded"
+                );
                 metrics.load(true);
                 last_error = None;
             }

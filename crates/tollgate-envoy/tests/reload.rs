@@ -56,6 +56,7 @@ fn changes_are_swapped_in_and_invalid_files_keep_the_previous_rules() {
         &rules,
         seen,
         Duration::from_millis(20),
+        |_| {},
     )
     .expect("watcher");
 
@@ -163,6 +164,7 @@ fn a_reload_removes_the_series_of_the_rules_it_removes() {
         &rules,
         seen,
         Duration::from_millis(20),
+        |_| {},
     )
     .expect("watcher");
 

@@ -1,8 +1,11 @@
 //! `/metrics`: Prometheus text, with the prometheus-client crate.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -32,7 +35,70 @@ pub struct Metrics {
     failing: AtomicBool,
     /// The counters of the configured policies, made once so that counting a
     /// decision allocates nothing.
-    known: HashMap<String, [Counter; 2]>,
+    known: PolicyCounters,
+}
+
+/// The decision counters made ahead of time, by policy; replaced whole when the
+/// Envoy rules are reloaded. Cheap to clone; clones share the counters.
+#[derive(Clone, Debug)]
+pub struct PolicyCounters {
+    decisions: Family<DecisionLabels, Counter>,
+    known: Arc<ArcSwap<HashMap<String, [Counter; 2]>>>,
+}
+
+/// The policy names of the Envoy rules (`envoy/<domain>/<path>/<algorithm>`).
+const ENVOY: &str = "envoy/";
+
+impl PolicyCounters {
+    fn counters(&self, policy: &str) -> [Counter; 2] {
+        let make = |outcome: &str| {
+            self.decisions.get_or_create_owned(&DecisionLabels {
+                policy: policy.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+        };
+        [make("allowed"), make("denied")]
+    }
+
+    /// Makes the counters of `policies` too.
+    fn add<'a>(&self, policies: impl IntoIterator<Item = &'a str>) {
+        let mut known = HashMap::clone(&self.known.load());
+        for policy in policies {
+            let counters = self.counters(policy);
+            known.insert(policy.to_owned(), counters);
+        }
+        self.known.store(Arc::new(known));
+    }
+
+    /// The Envoy rules now in force have these policies: the counters of Envoy
+    /// policies no longer among them go, with their series; the new ones are made.
+    /// (A kept policy keeps its counts.)
+    pub fn replace_envoy<'a>(&self, policies: impl IntoIterator<Item = &'a str>) {
+        let old = self.known.load_full();
+        let mut known: HashMap<String, [Counter; 2]> = old
+            .iter()
+            .filter(|(policy, _)| !policy.starts_with(ENVOY))
+            .map(|(policy, counters)| (policy.clone(), counters.clone()))
+            .collect();
+        for policy in policies {
+            let counters = match old.get(policy) {
+                Some(counters) => counters.clone(),
+                None => self.counters(policy),
+            };
+            known.insert(policy.to_owned(), counters);
+        }
+        for policy in old.keys() {
+            if policy.starts_with(ENVOY) && !known.contains_key(policy) {
+                for outcome in ["allowed", "denied"] {
+                    self.decisions.remove(&DecisionLabels {
+                        policy: policy.clone(),
+                        outcome: outcome.to_owned(),
+                    });
+                }
+            }
+        }
+        self.known.store(Arc::new(known));
+    }
 }
 
 impl Default for Metrics {
@@ -94,6 +160,10 @@ impl Metrics {
             "Client connections closed as soon as accepted: their client had server.max_connections_per_client open",
             connections_refused.clone(),
         );
+        let known = PolicyCounters {
+            decisions: decisions.clone(),
+            known: Arc::new(ArcSwap::from_pointee(HashMap::new())),
+        };
         Metrics {
             registry,
             connections,
@@ -105,7 +175,7 @@ impl Metrics {
             fallback,
             keys,
             failing: AtomicBool::new(false),
-            known: HashMap::new(),
+            known,
         }
     }
 
@@ -117,21 +187,17 @@ impl Metrics {
 
     /// Makes the counters of these policies ahead of time.
     pub fn prepare<'a>(&mut self, policies: impl IntoIterator<Item = &'a str>) {
-        for policy in policies {
-            let make = |outcome: &str| {
-                self.decisions.get_or_create_owned(&DecisionLabels {
-                    policy: policy.to_owned(),
-                    outcome: outcome.to_owned(),
-                })
-            };
-            let counters = [make("allowed"), make("denied")];
-            self.known.insert(policy.to_owned(), counters);
-        }
+        self.known.add(policies);
+    }
+
+    /// The counters made ahead of time, for whoever replaces the Envoy policies'.
+    pub fn policy_counters(&self) -> PolicyCounters {
+        self.known.clone()
     }
 
     /// Counts a decision.
     pub fn decision(&self, policy: &str, allowed: bool) {
-        if let Some(counters) = self.known.get(policy) {
+        if let Some(counters) = self.known.known.load().get(policy) {
             counters[usize::from(!allowed)].inc();
             return;
         }

@@ -354,6 +354,8 @@ fn envoy_rules(
     // call does not allocate its labels.
     backend.metrics.prepare(set.store_policies());
     let rules = Arc::new(ArcSwap::from_pointee(set));
+    // A reload replaces them: the removed rules' counters go with their series.
+    let counters = backend.metrics.policy_counters();
     tollgate_envoy::reload::watch(
         envoy.config_dir.clone(),
         options.clone(),
@@ -361,6 +363,7 @@ fn envoy_rules(
         &rules,
         seen,
         envoy.reload_interval,
+        move |set| counters.replace_envoy(set.store_policies()),
     )
     .map_err(|e| ServeError::Runtime(format!("cannot start the configuration watcher: {e}")))?;
     Ok(EnvoyRules {

@@ -1017,3 +1017,77 @@ async fn a_silent_grpc_peer_is_pinged_and_closed_and_a_live_one_kept() {
     let r = ask(&mut live, &domain, &[&[("k", "v")]]).await;
     assert_eq!(r.overall_code, Code::Ok as i32);
 }
+
+/// A reload that removes a rule removes its series from `/metrics`: the Envoy
+/// service's per-rule counters and the server's decisions of its policy. The kept
+/// rule keeps its counts, and a rule the reload adds is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_removes_the_metrics_of_the_rules_it_removes() {
+    let domain = unique("series");
+    let rule = |key: &str| {
+        format!("  - key: {key}\n    rate_limit:\n      unit: hour\n      requests_per_unit: 100\n")
+    };
+    let file = |keys: &[&str]| {
+        let rules: String = keys.iter().map(|k| rule(k)).collect();
+        format!("domain: {domain}\ndescriptors:\n{rules}")
+    };
+    let (dir, toml) = setup(
+        "series",
+        &[("live.yaml", &file(&["kept", "gone"]))],
+        "url = \"memory://\"",
+    );
+    let server = serve(&toml, &[]);
+    let mut c = connect(&server).await;
+    for key in ["kept", "gone", "kept"] {
+        let r = ask(&mut c, &domain, &[&[(key, "v")]]).await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+    }
+    let hits = |text: &str, key: &str| {
+        let labels = format!("{{domain=\"{domain}\",rule=\"{key}\"}}");
+        text.lines()
+            .find(|l| l.starts_with("tollgate_envoy_total_hits_total") && l.contains(&labels))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let decided = |text: &str, key: &str| {
+        let policy = format!("policy=\"envoy/{domain}/{key}/fixed_window\"");
+        text.lines()
+            .find(|l| {
+                l.starts_with("tollgate_decisions_total")
+                    && l.contains(&policy)
+                    && l.contains("outcome=\"allowed\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let text = metrics_text(&server.base).await;
+    assert_eq!(hits(&text, "kept"), Some(2), "{text}");
+    assert_eq!(hits(&text, "gone"), Some(1), "{text}");
+    assert_eq!(decided(&text, "kept"), Some(2), "{text}");
+    assert_eq!(decided(&text, "gone"), Some(1), "{text}");
+
+    let tmp = dir.join(".live.yaml.tmp");
+    std::fs::write(&tmp, file(&["kept", "new"])).expect("write");
+    std::fs::rename(&tmp, dir.join("live.yaml")).expect("swap");
+    let mut log = Vec::new();
+    wait_for_log(&server, &mut log, "Envoy rate limit configuration reloaded");
+    for key in ["kept", "new"] {
+        let r = ask(&mut c, &domain, &[&[(key, "v")]]).await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+    }
+    let text = metrics_text(&server.base).await;
+    assert_eq!(
+        hits(&text, "gone"),
+        None,
+        "the removed rule's series: {text}"
+    );
+    assert_eq!(
+        decided(&text, "gone"),
+        None,
+        "its policy's decisions: {text}"
+    );
+    assert_eq!(hits(&text, "kept"), Some(3), "{text}");
+    assert_eq!(decided(&text, "kept"), Some(3), "{text}");
+    assert_eq!(hits(&text, "new"), Some(1), "{text}");
+    assert_eq!(decided(&text, "new"), Some(1), "{text}");
+}
