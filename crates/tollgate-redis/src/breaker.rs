@@ -75,10 +75,23 @@ impl Breakers {
     }
 
     /// The breaker guarding `slot` (a single server's one breaker, whatever the slot).
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn of_slot(&self, slot: u16) -> &Breaker {
+        self.of_range(self.range_of(slot))
+    }
+
+    /// The number of the breaker guarding `slot`: its range of slots (0 for a
+    /// single server), below [`SLOT_RANGES`].
+    #[inline]
+    pub(crate) fn range_of(&self, slot: u16) -> usize {
         let i = usize::from(slot) % SLOTS * self.0.len() / SLOTS;
-        &self.0[i.min(self.0.len() - 1)]
+        i.min(self.0.len() - 1)
+    }
+
+    /// The breaker numbered `range` (see [`Breakers::range_of`]).
+    #[inline]
+    pub(crate) fn of_range(&self, range: usize) -> &Breaker {
+        &self.0[range.min(self.0.len() - 1)]
     }
 
     /// The single server's breaker, or a cluster's first.

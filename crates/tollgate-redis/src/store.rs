@@ -19,7 +19,7 @@ use tollgate::{
 };
 
 use crate::breaker::{
-    Attempt, Breaker, Breakers, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES, Outcome,
+    Attempt, Breakers, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES, Outcome,
 };
 use crate::error::RedisError;
 use crate::keys::{arg_log_key, arg_state_key, log_key, slot_of, state_key};
@@ -830,28 +830,33 @@ impl RedisStore {
             failures: breakers.first().settings().0,
             retry_in,
         };
-        let mut attempts: SmallVec<[Attempt<'_>; 2]> = SmallVec::new();
+        // Each breaker entered, with its slot range's number (0 for a single server).
+        let mut attempts: SmallVec<[(usize, Attempt<'_>); 2]> = SmallVec::new();
         if breakers.per_slot() {
             // A cluster: the breaker of each slot range the checks touch, once.
-            let mut seen: SmallVec<[*const Breaker; 2]> = SmallVec::new();
             for c in checks {
-                let b = breakers.of_slot(slot_of(c.key));
-                if !seen.contains(&std::ptr::from_ref(b)) {
-                    seen.push(std::ptr::from_ref(b));
-                    attempts.push(b.enter().map_err(open)?);
+                let range = breakers.range_of(slot_of(c.key));
+                if !attempts.iter().any(|(r, _)| *r == range) {
+                    let attempt = breakers.of_range(range).enter().map_err(open)?;
+                    attempts.push((range, attempt));
                 }
             }
         } else {
-            attempts.push(breakers.first().enter().map_err(open)?);
+            attempts.push((0, breakers.first().enter().map_err(open)?));
         }
-        let result = self.decide_through(checks, mode).await;
+        let progress = Progress::default();
+        let result = self.decide_through(checks, mode, &progress).await;
         let outcome = match &result {
             Ok(_) => Outcome::Answered,
             Err(e) if e.is_transient() => Outcome::Failed,
             Err(e) if e.is_caller_error() => Outcome::Neither,
             Err(_) => Outcome::Answered,
         };
-        for attempt in attempts {
+        for (range, attempt) in attempts {
+            let outcome = match outcome {
+                Outcome::Failed if breakers.per_slot() => progress.outcome(range),
+                o => o,
+            };
             attempt.finish(outcome);
         }
         result
@@ -862,6 +867,7 @@ impl RedisStore {
         &self,
         checks: &[Check<'_>],
         mode: Mode,
+        progress: &Progress,
     ) -> Result<Verdict, RedisError> {
         let now = self.inner.clock.as_ref().map(|c| c.now());
         let deadline = Instant::now() + self.inner.timeout;
@@ -881,7 +887,7 @@ impl RedisStore {
         }
         // A stack: the general path, boxed so its larger state does not grow the
         // one-check future.
-        Box::pin(self.timed(self.decide_groups(checks, mode, now, deadline))).await?
+        Box::pin(self.timed(self.decide_groups(checks, mode, now, deadline, progress))).await?
     }
 
     async fn decide_groups(
@@ -890,15 +896,23 @@ impl RedisStore {
         mode: Mode,
         now: Option<Nanos>,
         deadline: Instant,
+        progress: &Progress,
     ) -> Result<Verdict, RedisError> {
         let groups = self.groups(checks);
+        // The slot range of a group's checks (they share a slot).
+        let range = |group: &[usize]| {
+            let slot = group.first().map_or(0, |&i| slot_of(checks[i].key));
+            self.inner.breakers.range_of(slot)
+        };
         let mut answers: SmallVec<[Option<Answer>; 4]> = smallvec::smallvec![None; checks.len()];
         let mut consumed: SmallVec<[(usize, Instant2); 2]> = SmallVec::new();
         let mut denied = false;
         for (g, group) in groups.iter().enumerate() {
             // After a denial, the remaining slots are only looked at.
             let this = if denied { Mode::Peek } else { mode };
+            progress.start(range(group));
             let (at, got) = self.run(this, now, None, group, checks, deadline).await?;
+            progress.answered(range(group));
             let group_denied = got.iter().any(|a| !a.decision.allowed);
             for (&i, a) in group.iter().zip(got) {
                 answers[i] = Some(a);
@@ -912,6 +926,7 @@ impl RedisStore {
                 // fail, the earlier slots keep a consumption (they admit less, never
                 // more) until their keys expire.
                 for &(cg, cat) in &consumed {
+                    progress.start(range(&groups[cg]));
                     let _ = self
                         .run(
                             Mode::GiveBack,
@@ -1384,6 +1399,58 @@ async fn send_pipeline(
     }
 }
 
+/// How far a cluster stack got, for its breakers: the slot range whose call was
+/// out last, and the ranges that answered. A stack decided slot by slot that fails
+/// (a node hangs) counts as a failure only in the range of the call that failed;
+/// ranges that answered before count as answered, ranges not reached as neither.
+#[derive(Debug)]
+struct Progress {
+    /// The range of the call out last; `NO_RANGE` before the first.
+    out: AtomicUsize,
+    /// Bit `r` set: range `r` answered a call.
+    answered: AtomicU64,
+}
+
+const NO_RANGE: usize = usize::MAX;
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            out: AtomicUsize::new(NO_RANGE),
+            answered: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Progress {
+    fn start(&self, range: usize) {
+        self.out.store(range, Ordering::Relaxed);
+    }
+
+    fn answered(&self, range: usize) {
+        if let Some(bit) = 1_u64.checked_shl(u32::try_from(range).unwrap_or(u32::MAX)) {
+            self.answered.fetch_or(bit, Ordering::Relaxed);
+        }
+    }
+
+    /// What a failed decision tells the breaker of `range`.
+    fn outcome(&self, range: usize) -> Outcome {
+        let out = self.out.load(Ordering::Relaxed);
+        if out == NO_RANGE || out == range {
+            // The failing call's range (or, not known, every range).
+            return Outcome::Failed;
+        }
+        let answered = 1_u64
+            .checked_shl(u32::try_from(range).unwrap_or(u32::MAX))
+            .is_some_and(|bit| self.answered.load(Ordering::Relaxed) & bit != 0);
+        if answered {
+            Outcome::Answered
+        } else {
+            Outcome::Neither
+        }
+    }
+}
+
 fn letter(a: Algorithm) -> &'static str {
     match a {
         Algorithm::TokenBucket => "t",
@@ -1587,6 +1654,24 @@ mod tests {
             .expect("burst");
         let l = bucket_answer(&leaky, one, 400_000_000).expect("admitted");
         assert_eq!(l.decision.delay, Nanos::new(400_000_000));
+    }
+
+    #[test]
+    fn a_failed_stack_fails_only_the_range_of_the_call_that_failed() {
+        let p = Progress::default();
+        // Nothing known yet: every range failed.
+        assert_eq!(p.outcome(7), Outcome::Failed);
+        p.start(2);
+        p.answered(2);
+        p.start(63);
+        assert_eq!(p.outcome(63), Outcome::Failed, "the call out");
+        assert_eq!(p.outcome(2), Outcome::Answered, "answered before");
+        assert_eq!(p.outcome(0), Outcome::Neither, "not reached");
+        // A give-back sent again to a range that had answered, and out when the
+        // stack failed: that range failed.
+        p.start(2);
+        assert_eq!(p.outcome(2), Outcome::Failed);
+        assert_eq!(p.outcome(63), Outcome::Neither);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tollgate::{Algorithm, Check, ManualClock, Policy, Store};
@@ -67,10 +68,14 @@ fn tool(name: &str) -> Command {
 
 /// Starts three masters and joins them into a cluster.
 pub fn start() -> Cluster {
+    // A directory per cluster: the nodes write their cluster configuration there,
+    // and a node whose file is removed under it (by another cluster's drop, when
+    // they shared one) exits.
+    static CLUSTERS: AtomicU64 = AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
         "tollgate-cluster-{}-{}",
         std::process::id(),
-        epoch(0).as_u64() % 1000
+        CLUSTERS.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).expect("a temporary directory");
     let mut cluster = Cluster {
@@ -311,40 +316,9 @@ async fn owner(node: &mut redis::aio::MultiplexedConnection, slot: u16) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_node_opens_the_breaker_of_its_slots_only() {
     let cluster = start();
-    let store = tollgate_redis::RedisStore::builder(cluster.url())
-        .key_prefix(crate::common::prefix("cluster-breaker"))
-        .timeout(Duration::from_millis(200))
-        .circuit_breaker(3, Duration::from_secs(30))
-        .connect()
-        .await
-        .expect("the cluster");
-    let mut any = raw(&format!("redis://127.0.0.1:{}", cluster.ports[0])).await;
-    // A client on each node, away from the slot ranges (256 slots each) that
-    // straddle two nodes.
-    let mut on: Vec<(u16, String)> = Vec::new();
-    for i in 0..2000 {
-        let key = format!("api:client-{i}");
-        let (state, _) = store.redis_keys(&key);
-        let slot: u16 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(&state)
-            .query_async(&mut any)
-            .await
-            .expect("KEYSLOT");
-        let range = usize::from(slot) / 256;
-        let port = owner(&mut any, slot).await;
-        let whole = owner(&mut any, u16::try_from(range * 256).expect("slot")).await == port
-            && owner(&mut any, u16::try_from(range * 256 + 255).expect("slot")).await == port;
-        if whole && !on.iter().any(|(p, _)| *p == port) {
-            on.push((port, key));
-        }
-        if on.len() == 2 {
-            break;
-        }
-    }
-    let [(hung_port, hung), (_, live)] = &on[..] else {
-        panic!("no clients on two nodes: {on:?}");
-    };
+    let store = breaker_store(&cluster, "cluster-breaker").await;
+    let (hung_port, hung, live) = clients_on_two_nodes(&cluster, &store).await;
+    let (hung, live) = (&hung, &live);
     let policy = Policy::new(Algorithm::Gcra, 1000, Duration::from_secs(1)).expect("policy");
     for key in [hung, live] {
         assert!(
@@ -355,16 +329,7 @@ async fn a_hung_node_opens_the_breaker_of_its_slots_only() {
                 .allowed()
         );
     }
-
-    // The node holds every command for 20 s.
-    let mut node = raw(&format!("redis://127.0.0.1:{hung_port}")).await;
-    let _: String = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(20_000)
-        .arg("ALL")
-        .query_async(&mut node)
-        .await
-        .expect("CLIENT PAUSE");
+    pause(hung_port).await;
     for i in 0..3 {
         let e = store
             .check(&[Check::new(hung, &policy)])
@@ -410,4 +375,110 @@ async fn a_hung_node_opens_the_breaker_of_its_slots_only() {
         "{e:?}"
     );
     // (The nodes stop with `cluster`, paused or not.)
+}
+
+/// A store on `cluster` whose breakers open after 3 failures and stay open 30 s.
+async fn breaker_store(cluster: &Cluster, test: &str) -> tollgate_redis::RedisStore {
+    tollgate_redis::RedisStore::builder(cluster.url())
+        .key_prefix(crate::common::prefix(test))
+        .timeout(Duration::from_millis(200))
+        .circuit_breaker(3, Duration::from_secs(30))
+        .connect()
+        .await
+        .expect("the cluster")
+}
+
+/// Two client keys on two nodes, each away from the slot ranges (256 slots each)
+/// that straddle two nodes: the first one's node's port, and both keys.
+async fn clients_on_two_nodes(
+    cluster: &Cluster,
+    store: &tollgate_redis::RedisStore,
+) -> (u16, String, String) {
+    let mut any = raw(&format!("redis://127.0.0.1:{}", cluster.ports[0])).await;
+    let mut on: Vec<(u16, String)> = Vec::new();
+    for i in 0..2000 {
+        let key = format!("api:client-{i}");
+        let (state, _) = store.redis_keys(&key);
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&state)
+            .query_async(&mut any)
+            .await
+            .expect("KEYSLOT");
+        let range = usize::from(slot) / 256;
+        let port = owner(&mut any, slot).await;
+        let whole = owner(&mut any, u16::try_from(range * 256).expect("slot")).await == port
+            && owner(&mut any, u16::try_from(range * 256 + 255).expect("slot")).await == port;
+        if whole && !on.iter().any(|(p, _)| *p == port) {
+            on.push((port, key));
+        }
+        if on.len() == 2 {
+            break;
+        }
+    }
+    match <[_; 2]>::try_from(on) {
+        Ok([(port, first), (_, second)]) => (port, first, second),
+        Err(on) => panic!("no clients on two nodes: {on:?}"),
+    }
+}
+
+/// Holds every command of the node on `port` for 20 s.
+async fn pause(port: u16) {
+    let mut node = raw(&format!("redis://127.0.0.1:{port}")).await;
+    let _: String = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(20_000)
+        .arg("ALL")
+        .query_async(&mut node)
+        .await
+        .expect("CLIENT PAUSE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_across_nodes_fails_only_the_breaker_of_the_hung_node() {
+    let cluster = start();
+    let store = breaker_store(&cluster, "cluster-breaker-stack").await;
+    let (hung_port, hung, live) = clients_on_two_nodes(&cluster, &store).await;
+    let policy = Policy::new(Algorithm::Gcra, 1000, Duration::from_secs(1)).expect("policy");
+    assert!(
+        store
+            .check(&[Check::new(&live, &policy), Check::new(&hung, &policy)])
+            .await
+            .expect("both nodes answer")
+            .allowed()
+    );
+    pause(hung_port).await;
+    // Three stacks over both nodes fail on the hung one: twice after the live
+    // node answered, once before the live node was reached.
+    for (i, stack) in [[&live, &hung], [&live, &hung], [&hung, &live]]
+        .into_iter()
+        .enumerate()
+    {
+        let e = store
+            .check(&[Check::new(stack[0], &policy), Check::new(stack[1], &policy)])
+            .await
+            .expect_err("a stack with the hung node's slot times out");
+        assert!(
+            e.is_transient() && !matches!(e, tollgate_redis::RedisError::CircuitOpen { .. }),
+            "stack {i}: {e:?}"
+        );
+    }
+    // The hung node's range failed three times: its breaker is open.
+    let e = store
+        .check(&[Check::new(&hung, &policy)])
+        .await
+        .expect_err("open");
+    assert!(
+        matches!(e, tollgate_redis::RedisError::CircuitOpen { .. }),
+        "{e:?}"
+    );
+    // The live node's range answered, or was not reached: its breaker is closed
+    // (counting every failed stack in every range it touches opened it too).
+    for _ in 0..5 {
+        let v = store
+            .check(&[Check::new(&live, &policy)])
+            .await
+            .expect("the live node's range is not held back by the hung node's failures");
+        assert!(v.allowed());
+    }
 }
