@@ -117,6 +117,8 @@ struct Loss {
 struct Pair {
     mode: Mode,
     nodes: Vec<Server>,
+    /// The nodes' configuration, removed once they are gone.
+    _conf: crate::harness::ConfigFile,
 }
 
 fn config(url: &str, mode: Mode) -> String {
@@ -161,7 +163,11 @@ fn start_pairs(url: &str, scenario: &str) -> Vec<Pair> {
             let nodes = (0..NODES)
                 .map(|_| start(&["--config", conf.to_str().expect("path")], &[]))
                 .collect();
-            Pair { mode, nodes }
+            Pair {
+                mode,
+                nodes,
+                _conf: conf,
+            }
         })
         .collect()
 }

@@ -40,8 +40,27 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// A configuration file in a fresh temporary directory.
-pub fn write_config(name: &str, text: &str) -> PathBuf {
+/// A configuration file in a fresh temporary directory, removed with it when
+/// dropped (keep it as long as a server may read it).
+pub struct ConfigFile(PathBuf);
+
+impl std::ops::Deref for ConfigFile {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Writes `text` as `tollgate.toml` in a fresh temporary directory.
+pub fn write_config(name: &str, text: &str) -> ConfigFile {
     let dir = std::env::temp_dir().join(format!(
         "tollgate-{name}-{}-{}",
         std::process::id(),
@@ -50,7 +69,7 @@ pub fn write_config(name: &str, text: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("tollgate.toml");
     std::fs::write(&path, text).expect("write config");
-    path
+    ConfigFile(path)
 }
 
 /// `VmRSS` and `VmHWM` (the peak) of a process, in KiB.

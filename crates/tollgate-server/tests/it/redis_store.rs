@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::PrivateRedis;
+use crate::harness::{PrivateRedis, write_config};
 use crate::running::{client, metrics_text, start};
 
 fn redis_url() -> String {
@@ -19,14 +19,6 @@ fn unique(name: &str) -> String {
         std::process::id(),
         Instant::now().elapsed().as_nanos()
     )
-}
-
-fn write_config(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("srv-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join("tollgate.toml");
-    std::fs::write(&path, text).expect("write config");
-    path
 }
 
 async fn check(base: &str, body: &str) -> (u16, Value) {
