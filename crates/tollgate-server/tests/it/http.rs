@@ -365,7 +365,7 @@ async fn the_protected_api_proxies_to_an_upstream() {
     let conf = dir.join("proxy.toml");
     std::fs::write(
         &conf,
-        format!("[[policy]]\nname = \"per-ip\"\nalgorithm = \"fixed_window\"\nlimit = 2\nperiod = \"1m\"\nkey = \"ip\"\n[protect]\nupstream = \"http://{up}\"\n"),
+        format!("[[policy]]\nname = \"per-ip\"\nalgorithm = \"gcra\"\nlimit = 2\nperiod = \"1m\"\nkey = \"ip\"\n[protect]\nupstream = \"http://{up}\"\n"),
     )
     .expect("write");
     let s = start(&["--config", conf.to_str().expect("path")], &[]);
