@@ -199,6 +199,15 @@ for name in "${names[@]}"; do
   printf '%-14s %12s %10s   %6s %6s %6s\n' "$name" "${m[$name]}" "$(echo "${p99[$name]}" | median)" \
     "$(echo "${cpu_s[$name]}" | median)" "$(echo "${cpu_r[$name]}" | median)" "$(echo "${cpu_w[$name]}" | median)"
 done
+if [ "$ROUNDS" -gt 1 ]; then
+  # The rounds themselves: on a shared machine a single row moves by a tenth
+  # between rounds, and a p99 more.
+  echo
+  echo "each round: requests/s | p99 ms"
+  for name in "${names[@]}"; do
+    printf '%-14s %s |%s\n' "$name" "${rps[$name]# }" "${p99[$name]}"
+  done
+fi
 echo
 echo "memory, hot key    / hello-world: $(ratio "${m[mem_hot]}" "${m[hello]}")"
 echo "memory, 100k keys  / hello-world: $(ratio "${m[mem_random]}" "${m[hello]}") (driven by a fixed request), $(ratio "${m[mem_random]}" "${m[hello_r]}") (hello_r: driven by random requests, as the 100k-keys rows are)"
